@@ -67,8 +67,8 @@ class FreMLP(nn.Module):
     out = irfft2(A * exp(i * angle(X))).
 
     The whole block runs in fp32 with autocast disabled: torch.fft rejects half
-    precision for sizes that are not powers of two, and un-normalised spectra
-    (DC term ~ H*W) overflow fp16.
+    precision (on CPU always, on CUDA for sizes that are not powers of two), and
+    un-normalised spectra (DC term ~ H*W) overflow fp16.
     """
 
     def __init__(self, nc: int, expand: int = 2):
