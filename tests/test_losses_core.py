@@ -1,0 +1,93 @@
+import colorsys
+
+import pytest
+import torch
+
+from losses import CharbonnierLoss, CombinedLoss, HSVLoss, L1Loss, SaturationLoss, WindowAwareLoss, overexposure_mask
+from losses.colorspace import chroma_plane, luminance, rgb_to_hsv
+
+EXTREMES = {
+    "black": torch.zeros(1, 3, 8, 8),
+    "white": torch.ones(1, 3, 8, 8),
+    "red": torch.tensor([1.0, 0.0, 0.0]).view(1, 3, 1, 1).expand(1, 3, 8, 8).clone(),
+    "blue": torch.tensor([0.0, 0.0, 1.0]).view(1, 3, 1, 1).expand(1, 3, 8, 8).clone(),
+}
+ALL_LOSSES = [L1Loss(), CharbonnierLoss(), WindowAwareLoss(), SaturationLoss(), HSVLoss()]
+
+
+def test_pixel_losses_known_values():
+    pred, target = torch.full((1, 3, 4, 4), 0.3), torch.full((1, 3, 4, 4), 0.1)
+    assert L1Loss()(pred, target).item() == pytest.approx(0.2)
+    assert CharbonnierLoss(eps=1e-3)(pred, target).item() == pytest.approx((0.2 ** 2 + 1e-6) ** 0.5)
+
+
+def test_hsv_matches_colorsys():
+    rgb = torch.rand(1, 3, 5, 7, generator=torch.Generator().manual_seed(0))
+    hsv = rgb_to_hsv(rgb, eps=1e-9)
+    for y in range(5):
+        for x in range(7):
+            ref = colorsys.rgb_to_hsv(*rgb[0, :, y, x].tolist())
+            assert hsv[0, :, y, x].tolist() == pytest.approx(list(ref), abs=1e-5)
+
+
+def test_luminance_and_chroma_plane():
+    assert luminance(torch.ones(1, 3, 2, 2)).flatten().tolist() == pytest.approx([1.0] * 4)
+    assert chroma_plane(torch.full((1, 3, 2, 2), 0.5)).abs().max().item() == pytest.approx(0.0)
+
+
+def test_saturation_loss_known_value():
+    grey, red = torch.full((1, 3, 4, 4), 0.5), EXTREMES["red"][:, :, :4, :4]
+    assert SaturationLoss()(grey, red).item() == pytest.approx(1.0)
+    assert SaturationLoss()(red, red).item() == pytest.approx(0.0)
+
+
+def test_window_loss_weighs_overexposed_pixels_more():
+    inp = torch.full((1, 3, 8, 8), 0.3)
+    inp[..., :4] = 1.0  # left half blown out
+    target = torch.zeros_like(inp)
+    error_in_window = torch.zeros_like(inp)
+    error_in_window[..., :4] = 0.2
+    error_in_room = torch.zeros_like(inp)
+    error_in_room[..., 4:] = 0.2
+    loss = WindowAwareLoss()
+    assert loss(error_in_window, target, inp).item() == pytest.approx(0.2, rel=0.05)
+    assert loss(error_in_room, target, inp).item() < 0.01
+    mask = overexposure_mask(inp)
+    assert mask[..., :4].min() > 0.95 and mask[..., 4:].max() < 0.01
+    # nothing over-exposed: the term is (close to) zero, and finite
+    assert loss(error_in_room, target, torch.full_like(inp, 0.3)).item() < 1e-4
+
+
+@pytest.mark.parametrize("name", list(EXTREMES))
+@pytest.mark.parametrize("loss", ALL_LOSSES, ids=lambda l: type(l).__name__)
+def test_gradients_finite_at_extremes(loss, name):
+    pred = EXTREMES[name].clone().requires_grad_(True)
+    target = torch.rand_like(pred)
+    value = loss(pred, target, EXTREMES[name])
+    value.backward()
+    assert torch.isfinite(value) and torch.isfinite(pred.grad).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_losses_finite_under_autocast(dtype):
+    pred = torch.rand(1, 3, 16, 16).requires_grad_(True)
+    with torch.autocast("cpu", dtype=dtype):
+        low = pred * 1.0
+        values = [loss(low, torch.rand(1, 3, 16, 16), torch.ones(1, 3, 16, 16)) for loss in ALL_LOSSES]
+    total = sum(values)
+    total.backward()
+    assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in values)
+    assert torch.isfinite(pred.grad).all()
+
+
+def test_combined_loss_reports_every_term_and_weights_them():
+    pred, target, inp = torch.full((1, 3, 8, 8), 0.4), torch.full((1, 3, 8, 8), 0.1), torch.ones(1, 3, 8, 8)
+    combined = CombinedLoss({"l1": (1.0, L1Loss()), "window": (0.5, WindowAwareLoss()),
+                             "saturation": (0.3, SaturationLoss()), "off": (0.0, L1Loss())})
+    values = combined(pred, target, inp)
+    assert set(values) == {"loss", "l1", "window", "saturation"}
+    expected = values["l1"] + 0.5 * values["window"] + 0.3 * values["saturation"]
+    assert values["loss"].item() == pytest.approx(expected.item())
+    assert not values["l1"].requires_grad
+    with pytest.raises(ValueError, match="non-zero weight"):
+        CombinedLoss({"l1": (0.0, L1Loss())})
