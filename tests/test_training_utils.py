@@ -1,0 +1,218 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from utils.checkpoint import CheckpointError, build_model, load_pretrained, model_spec, save_checkpoint
+from utils.tiling import pad_to_multiple, tiled_forward
+from utils.training import (EMA, LossTracker, NonFiniteLossError, TrainingState, TrainStep, build_optimizer,
+                            cosine_with_warmup, make_grad_scaler)
+
+
+class TinyNet(nn.Module):
+    def __init__(self, width: int = 4):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.ReLU(), nn.Conv2d(width, 3, 3, padding=1))
+        self.register_buffer("calls", torch.zeros(()))
+
+    def forward(self, x):
+        return x + self.body(x)
+
+
+def _step_pieces(model, amp="none", clip=0.0, lr=1e-2):
+    optimizer = build_optimizer(model, lr=lr, weight_decay=0.0)
+    scheduler = cosine_with_warmup(optimizer, warmup_steps=2, total_steps=10)
+    scaler = make_grad_scaler(amp, torch.device("cpu"))
+    return optimizer, scheduler, scaler, TrainStep(optimizer, scheduler, scaler, grad_clip=clip, max_bad_steps=3)
+
+
+def test_cosine_with_warmup_shape():
+    optimizer = build_optimizer(TinyNet(), lr=1.0, weight_decay=0.0)
+    scheduler = cosine_with_warmup(optimizer, warmup_steps=4, total_steps=14, min_lr_ratio=0.0)
+    lrs = []
+    for _ in range(15):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert lrs[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    assert lrs[9] == pytest.approx(0.5)
+    assert lrs[14] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_train_step_skips_nonfinite_loss_and_stops_after_streak():
+    model = TinyNet()
+    _, _, _, train_step = _step_pieces(model)
+    before = [p.detach().clone() for p in model.parameters()]
+    x = torch.rand(1, 3, 8, 8)
+    train_step(model(x).mean() * float("nan"))
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    train_step.check()  # one bad step is tolerated
+    train_step((model(x) - x).abs().mean())
+    assert not all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    for _ in range(3):
+        train_step(model(x).mean() * float("inf"))
+    with pytest.raises(NonFiniteLossError, match="3 steps in a row"):
+        train_step.check()
+
+
+def test_train_step_fp16_scaler_path_updates():
+    model = TinyNet()
+    _, _, scaler, train_step = _step_pieces(model, amp="fp16")
+    assert scaler.is_enabled()
+    before = [p.detach().clone() for p in model.parameters()]
+    x = torch.rand(1, 3, 8, 8)
+    for _ in range(3):
+        train_step((model(x) - 0.5).abs().mean())
+    assert not all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_loss_decreases_on_fixed_batch_with_clipping():
+    torch.manual_seed(0)
+    model = TinyNet()
+    _, _, _, train_step = _step_pieces(model, clip=0.5, lr=3e-3)
+    x = torch.rand(2, 3, 16, 16)
+    target = x ** 2
+    losses = []
+    for _ in range(10):
+        loss = (model(x) - target).abs().mean()
+        losses.append(loss.item())
+        train_step(loss)
+    assert losses[-1] < 0.8 * losses[0]
+
+
+def test_ema_warmup_and_state_dict():
+    model = TinyNet()
+    ema = EMA(model, decay=0.999)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    ema.update(model)  # first decay = min(0.999, 2/11)
+    first = next(model.parameters())
+    ema_first = next(ema.module.parameters())
+    shift = (ema_first - (first - 1.0)).mean().item()
+    assert shift == pytest.approx(1 - 2 / 11, abs=1e-5)
+    assert set(ema.state_dict()) == set(model.state_dict())
+    assert not any(p.requires_grad for p in ema.module.parameters())
+
+
+def test_loss_tracker_means():
+    tracker = LossTracker()
+    tracker.update({"loss": torch.tensor(1.0), "l1": torch.tensor(0.5)})
+    tracker.update({"loss": torch.tensor(3.0), "l1": torch.tensor(1.5)})
+    assert tracker.means() == {"loss": 2.0, "l1": 1.0}
+    assert tracker.means() == {}
+
+
+def test_training_state_round_trip_is_exact(tmp_path):
+    def run(steps, resume=None, save_at=None):
+        torch.manual_seed(0)
+        model = TinyNet()
+        optimizer, scheduler, scaler, train_step = _step_pieces(model)
+        ema = EMA(model, 0.9)
+        config = {"model": model_spec(model, {"width": 4})}
+        state = TrainingState(model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler, ema=ema,
+                              config=config)
+        step = state.resume(resume)[0] if resume else 0
+        while step < steps:
+            x = torch.rand(2, 3, 8, 8)  # drawn from the global RNG, restored on resume
+            train_step((model(x) - x.flip(-1)).abs().mean())
+            ema.update(model)
+            step += 1
+            if step == save_at:
+                state.save(tmp_path / "last.pt", step)
+        return model, ema
+
+    full, full_ema = run(6)
+    run(6, save_at=3)
+    resumed, resumed_ema = run(6, resume=tmp_path / "last.pt")
+    for a, b in zip(full.state_dict().values(), resumed.state_dict().values()):
+        assert torch.equal(a, b)
+    for a, b in zip(full_ema.state_dict().values(), resumed_ema.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_resume_errors(tmp_path):
+    model = TinyNet()
+    optimizer, scheduler, scaler, _ = _step_pieces(model)
+    state = TrainingState(model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+                          config={"model": model_spec(model, {"width": 4})})
+    with pytest.raises(CheckpointError, match="not found"):
+        state.resume(tmp_path / "missing.pt")
+    (tmp_path / "corrupt.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="cannot read"):
+        state.resume(tmp_path / "corrupt.pt")
+    other = TinyNet(width=6)
+    save_checkpoint(tmp_path / "other.pt", step=1, model=other, config={"model": model_spec(other, {"width": 6})},
+                    optimizer=build_optimizer(other, 1e-3, 0.0), scheduler=scheduler)
+    with pytest.raises(CheckpointError, match="same model flags"):
+        state.resume(tmp_path / "other.pt")
+    torch.save({"params": model.state_dict()}, tmp_path / "weights.pth")
+    with pytest.raises(CheckpointError, match="--pretrained"):
+        state.resume(tmp_path / "weights.pth")
+
+
+@pytest.mark.parametrize("wrap", ["params", "params_ema", "state_dict", "model", "bare", "module_prefix",
+                                  "compile_prefix", "ours"])
+def test_load_pretrained_accepts_every_format(tmp_path, wrap):
+    source = TinyNet()
+    sd = source.state_dict()
+    if wrap == "bare":
+        payload = sd
+    elif wrap == "module_prefix":
+        payload = {"state_dict": {f"module.{k}": v for k, v in sd.items()}}
+    elif wrap == "compile_prefix":
+        payload = {"params": {f"_orig_mod.{k}": v for k, v in sd.items()}}
+    elif wrap == "ours":
+        save_checkpoint(tmp_path / "w.pt", step=0, model=source, config={})
+        payload = None
+    else:
+        payload = {wrap: sd}
+    if payload is not None:
+        torch.save(payload, tmp_path / "w.pt")
+    target = TinyNet()
+    missing, unexpected = load_pretrained(target, tmp_path / "w.pt", strict=True)
+    assert missing == [] and unexpected == []
+    for a, b in zip(source.state_dict().values(), target.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_load_pretrained_prefers_ema_and_reports_mismatch(tmp_path):
+    raw, averaged = TinyNet(), TinyNet()
+    torch.save({"params": raw.state_dict(), "params_ema": averaged.state_dict()}, tmp_path / "w.pth")
+    target = TinyNet()
+    load_pretrained(target, tmp_path / "w.pth")
+    assert torch.equal(target.body[0].weight, averaged.body[0].weight)
+    wide = TinyNet(width=6)
+    with pytest.raises(CheckpointError, match="shape mismatch"):
+        load_pretrained(wide, tmp_path / "w.pth")
+    missing, _ = load_pretrained(wide, {"params": {"body.0.bias": torch.zeros(6)}}, strict=False, verbose=False)
+    assert "body.0.weight" in missing and torch.equal(wide.body[0].bias, torch.zeros(6))
+
+
+def test_model_spec_rebuilds_the_model():
+    model = TinyNet(width=5)
+    rebuilt = build_model(model_spec(model, {"width": 5}))
+    assert type(rebuilt) is TinyNet and rebuilt.body[0].out_channels == 5
+
+
+def test_tiled_forward_matches_whole_for_a_local_model():
+    torch.manual_seed(0)
+    model = TinyNet().eval()
+    image = torch.rand(1, 3, 61, 90)
+    with torch.no_grad():
+        whole = model(image)
+    tiled = tiled_forward(model, image, tile=32, overlap=8, batch_size=3)
+    assert tiled.shape == whole.shape
+    # receptive field (5 px) < overlap: blended tiles reproduce the whole-image output
+    assert (tiled - whole).abs().max().item() < 1e-5
+    assert tiled_forward(model, image, tile=0).shape == whole.shape
+    with pytest.raises(ValueError, match="multiple of 8"):
+        tiled_forward(model, image, tile=30)
+
+
+def test_pad_to_multiple():
+    padded, size = pad_to_multiple(torch.rand(1, 3, 13, 8), 8)
+    assert padded.shape[-2:] == (16, 8) and size == (13, 8)
+    tiny, _ = pad_to_multiple(torch.rand(1, 3, 3, 3), 8)
+    assert tiny.shape[-2:] == (8, 8)

@@ -1,0 +1,132 @@
+"""The one command-line builder: every script gets the shared flags here and adds only its own.
+
+    parser = base_parser(__doc__, crop=512, steps=50_000)   # recipe defaults
+    parser.add_argument("--window-weight", type=float, default=0.5)
+    args = parse_args(parser, argv, demo_budget={"steps": 300, "crop": 64})
+
+With no ``--data`` the built-in demo dataset is used; on a machine without a GPU the ``demo_budget``
+then replaces every default the user did not set explicitly, so the no-argument run finishes in
+minutes on a laptop CPU and says so.
+"""
+import argparse
+import copy
+import sys
+from pathlib import Path
+
+from .training import resolve_amp, select_device
+
+OOM_HINT = "on out-of-memory lower --batch-size or --crop, or add --grad-checkpoint / --amp bf16"
+
+
+def base_parser(description: str, **defaults) -> argparse.ArgumentParser:
+    """An ArgumentParser holding the shared flags; ``defaults`` override their default values."""
+    parser = argparse.ArgumentParser(description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    data = parser.add_argument_group("data")
+    data.add_argument("--data", default=None, help="paired data folder (see README: accepted layouts); "
+                      "omitted: the built-in demo dataset")
+    data.add_argument("--val-data", default=None, help="separate validation folder (any accepted layout)")
+    data.add_argument("--val-fraction", type=float, default=0.1,
+                      help="fraction of --data held out for validation when it has no val split")
+    data.add_argument("--crop", type=int, default=512, help=f"training crop size in pixels ({OOM_HINT})")
+    data.add_argument("--val-crop", type=int, default=0, help="centre-crop validation images (0: whole images)")
+    data.add_argument("--val-tile", type=int, default=0,
+                      help="validate large images in tiles of this size (0: whole images)")
+    data.add_argument("--workers", type=int, default=4, help="DataLoader worker processes for decoding")
+    data.add_argument("--cache", action="store_true", help="keep decoded images in memory (per worker)")
+    train = parser.add_argument_group("training")
+    train.add_argument("--steps", type=int, default=50_000, help="optimizer steps in total")
+    train.add_argument("--batch-size", type=int, default=4, help=f"images per step ({OOM_HINT})")
+    train.add_argument("--lr", type=float, default=3e-4, help="peak AdamW learning rate")
+    train.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay")
+    train.add_argument("--warmup", type=int, default=1000, help="linear warm-up steps before the cosine decay")
+    train.add_argument("--grad-clip", type=float, default=0.01,
+                       help="clip the global gradient norm (0: off); Restormer's recipe uses 0.01")
+    train.add_argument("--ema", type=float, default=0.999, metavar="DECAY",
+                       help="EMA decay of the weights used for validation/checkpoints (0: off)")
+    train.add_argument("--amp", choices=("none", "bf16", "fp16"), default=None,
+                       help="mixed precision (default: bf16 on CUDA, none on CPU); master weights stay fp32")
+    train.add_argument("--grad-checkpoint", action="store_true",
+                       help="activation checkpointing: less memory for large crops, ~30%% slower")
+    train.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA)")
+    train.add_argument("--pretrained", default=None, help="initialise the model from these weights "
+                       "(official .pth files with params/params_ema, or a checkpoint of this codebase)")
+    run = parser.add_argument_group("run")
+    run.add_argument("--out", default=None, help="run folder (default: runs/<script name>)")
+    run.add_argument("--resume", default=None, help="continue from a checkpoint (a .pt file or a run folder)")
+    run.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, ...")
+    run.add_argument("--seed", type=int, default=0, help="seed of everything random (saved with the run)")
+    run.add_argument("--val-every", type=int, default=1000, help="validate every N optimizer steps")
+    run.add_argument("--save-every", type=int, default=1000, help="write last.pt every N optimizer steps")
+    run.add_argument("--log-every", type=int, default=50, help="log training losses every N steps")
+    run.add_argument("--num-samples", type=int, default=4, help="validation images in the sample grid")
+    parser.set_defaults(**defaults)
+    return parser
+
+
+def explicit_flags(parser: argparse.ArgumentParser, argv) -> set:
+    """Names (dests) of the options actually given on the command line."""
+    probe = copy.deepcopy(parser)
+    for action in probe._actions:
+        action.default = argparse.SUPPRESS
+    probe.set_defaults(**{k: argparse.SUPPRESS for k in probe._defaults})
+    return set(vars(probe.parse_args(argv)))
+
+
+def parse_args(parser: argparse.ArgumentParser, argv=None, demo_budget: dict = None,
+               script: str = None) -> argparse.Namespace:
+    """Parse, resolve automatic values (device, AMP, run folder, demo data) and return the config."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parser.parse_args(argv)
+    given = explicit_flags(parser, argv)
+    args.script = script or Path(sys.argv[0]).stem
+    args.device = str(select_device(args.device))
+    args.demo = args.data is None
+    if args.demo:
+        from data.demo import ensure_demo_data
+        args.data = str(ensure_demo_data(seed=0))
+        message = f"No --data given: training on the built-in demo dataset ({args.data})."
+        if demo_budget and not args.device.startswith("cuda"):
+            applied = {k: v for k, v in demo_budget.items() if k not in given}
+            for name, value in applied.items():
+                setattr(args, name, value)
+            message += (" No GPU: using the CPU demo budget (" + ", ".join(f"--{k.replace('_', '-')} {v}"
+                        for k, v in applied.items()) + "); pass a flag to override it.")
+        print(message)
+    args.amp = resolve_amp(args.amp, select_device(args.device))
+    if args.out is None:
+        args.out = str(Path("runs") / args.script)
+    return args
+
+
+def add_restormer_args(parser: argparse.ArgumentParser) -> None:
+    """Restormer's size flags (defaults: Restormer Base, 26.1M parameters)."""
+    model = parser.add_argument_group("model (Restormer)")
+    model.add_argument("--dim", type=int, default=48, help="channels at full resolution")
+    model.add_argument("--num-blocks", type=int, nargs=4, default=[4, 6, 6, 8], help="blocks per level")
+    model.add_argument("--num-refinement-blocks", type=int, default=4)
+    model.add_argument("--heads", type=int, nargs=4, default=[1, 2, 4, 8], help="attention heads per level")
+    model.add_argument("--ffn-expansion-factor", type=float, default=2.66)
+    model.add_argument("--layernorm", choices=("WithBias", "BiasFree"), default="WithBias",
+                       help="BiasFree to fine-tune from the real_denoising weights")
+
+
+def restormer_kwargs(args, inp_channels: int = 3) -> dict:
+    """Restormer constructor arguments from the flags of :func:`add_restormer_args`."""
+    return dict(inp_channels=inp_channels, out_channels=3, dim=args.dim, num_blocks=list(args.num_blocks),
+                num_refinement_blocks=args.num_refinement_blocks, heads=list(args.heads),
+                ffn_expansion_factor=args.ffn_expansion_factor, bias=False, LayerNorm_type=args.layernorm)
+
+
+def run_cli(main) -> None:
+    """Run a script's ``main()``; user errors (bad data, bad checkpoint, a diverging loss) end as one
+    line on stderr with exit code 2 instead of a traceback."""
+    from data.io import ImageReadError
+    from data.pairs import DataLayoutError
+    from .checkpoint import CheckpointError
+    from .training import NonFiniteLossError
+    try:
+        main()
+    except (DataLayoutError, ImageReadError, CheckpointError, NonFiniteLossError,
+            FileNotFoundError, ValueError, ImportError) as error:
+        sys.exit(f"error: {error}")

@@ -1,0 +1,232 @@
+"""Training plumbing the scripts share: device/seed/AMP setup, AdamW + cosine schedule, EMA,
+one optimizer step with a non-finite guard, loss bookkeeping, and save/resume of the full state.
+
+Nothing here owns the training loop: every script writes its own loop and calls these pieces.
+"""
+import contextlib
+import copy
+import math
+import random
+
+import numpy as np
+import torch
+
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint, set_rng_state, unwrap_model
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised when the loss was NaN/inf for too many consecutive steps."""
+
+
+# --------------------------------------------------------------------------- setup
+
+def select_device(name: str = "auto") -> torch.device:
+    """'auto' picks CUDA when available, else CPU; anything else is passed to torch.device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def configure_backend(device: torch.device) -> None:
+    """Fast defaults on CUDA: cuDNN autotuning for fixed crop sizes, TF32 matmuls/convolutions."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+def resolve_amp(amp, device: torch.device) -> str:
+    """None means automatic: bf16 on a CUDA device that supports it, otherwise full fp32."""
+    if amp is not None:
+        return amp
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return "bf16"
+    return "none"
+
+
+def autocast(device: torch.device, amp: str):
+    """Mixed-precision context for the forward pass; master weights stay fp32."""
+    if amp == "none":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+def make_grad_scaler(amp: str, device: torch.device) -> torch.amp.GradScaler:
+    """Loss scaling only for fp16 (bf16 has fp32's range and needs none)."""
+    return torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+
+
+# --------------------------------------------------------------------------- optimisation
+
+def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float,
+                    betas=(0.9, 0.999)) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters; the fused kernel (CPU and CUDA) also lets
+    :class:`TrainStep` skip a bad step without a host sync."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=betas, fused=True)
+
+
+def cosine_with_warmup(optimizer, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.01):
+    """Linear warm-up over ``warmup_steps`` to the base lr, then cosine decay to
+    ``min_lr_ratio * lr`` at ``total_steps``. Stepped once per optimizer step."""
+    def lr_factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+
+
+class EMA:
+    """Exponential moving average of a model's weights, kept in a separate eval-mode copy.
+
+    The decay warms up as min(decay, (1 + t) / (10 + t)) at update t, so a short run's average is
+    not dominated by the random initialisation. ``state_dict()`` is a plain model state_dict, so
+    EMA weights load anywhere a model's do.
+    """
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.decay = decay
+        self.module = copy.deepcopy(unwrap_model(model)).eval().requires_grad_(False)
+        self.num_updates = 0
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        self.num_updates += 1
+        decay = min(self.decay, (1 + self.num_updates) / (10 + self.num_updates))
+        source = unwrap_model(model)
+        ema_params = [p for p in self.module.parameters()]
+        model_params = [p.detach() for p in source.parameters()]
+        torch._foreach_lerp_(ema_params, model_params, 1.0 - decay)
+        for ema_buffer, buffer in zip(self.module.buffers(), source.buffers()):
+            ema_buffer.copy_(buffer)
+
+    def state_dict(self) -> dict:
+        return self.module.state_dict()
+
+    def load_state_dict(self, state_dict: dict, num_updates: int) -> None:
+        self.module.load_state_dict(state_dict)
+        self.num_updates = num_updates
+
+
+class TrainStep:
+    """backward -> (unscale) -> clip -> optimizer step -> lr schedule, with a non-finite guard.
+
+    A step whose loss or gradient norm is NaN/inf is skipped without a host-device sync: the fused
+    AdamW kernel takes a ``found_inf`` flag (the mechanism GradScaler uses), and the count of
+    consecutive bad losses stays on the device until :meth:`check` reads it at logging time; it
+    raises :class:`NonFiniteLossError` if ``max_bad_steps`` losses in a row were non-finite.
+    """
+
+    def __init__(self, optimizer, scheduler, scaler, grad_clip: float = 0.0, max_bad_steps: int = 5):
+        self.optimizer, self.scheduler, self.scaler = optimizer, scheduler, scaler
+        self.grad_clip, self.max_bad_steps = grad_clip, max_bad_steps
+        self.params = [p for group in optimizer.param_groups for p in group["params"]]
+        device = self.params[0].device
+        self.bad_streak = torch.zeros((), device=device)
+        self.worst_streak = torch.zeros((), device=device)
+        self.grad_norm = torch.zeros((), device=device)
+
+    def __call__(self, loss: torch.Tensor) -> None:
+        self.scaler.scale(loss).backward()
+        if self.scaler.is_enabled():
+            self.scaler.unscale_(self.optimizer)
+        max_norm = self.grad_clip if self.grad_clip > 0 else float("inf")
+        self.grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm, foreach=True)
+        loss_bad = (~torch.isfinite(loss.detach())).float()
+        if self.scaler.is_enabled():
+            # GradScaler skips steps whose gradients overflowed (normal while the scale settles).
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            grad_bad = (~torch.isfinite(self.grad_norm)).float()
+            self.optimizer.found_inf = torch.maximum(loss_bad, grad_bad)
+            self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.bad_streak = (self.bad_streak + loss_bad) * loss_bad
+        self.worst_streak = torch.maximum(self.worst_streak, self.bad_streak)
+
+    def check(self) -> None:
+        """Read the guard (one sync); call at logging intervals."""
+        if int(self.worst_streak.item()) >= self.max_bad_steps:
+            raise NonFiniteLossError(
+                f"the loss was NaN/inf for {self.max_bad_steps} steps in a row; lower --lr, use "
+                "--amp bf16 or none instead of fp16, or check the data for corrupt images")
+        self.worst_streak.zero_()
+
+
+class LossTracker:
+    """Sums logged loss terms on the device; :meth:`means` syncs once per logging interval."""
+
+    def __init__(self):
+        self.sums, self.count = {}, 0
+
+    def update(self, values: dict) -> None:
+        for name, value in values.items():
+            value = value.detach().float()
+            self.sums[name] = self.sums[name] + value if name in self.sums else value
+        self.count += 1
+
+    def means(self) -> dict:
+        if not self.count:
+            return {}
+        names = list(self.sums)
+        totals = torch.stack([self.sums[n] for n in names]).tolist()
+        means = {name: total / self.count for name, total in zip(names, totals)}
+        self.sums, self.count = {}, 0
+        return means
+
+
+# --------------------------------------------------------------------------- save / resume
+
+class TrainingState:
+    """Everything that makes a run resumable, saved and restored together.
+
+    ``config`` is the resolved configuration (must contain ``'model'``, a
+    :func:`utils.checkpoint.model_spec`); a checkpoint whose model spec differs is refused on resume.
+    """
+
+    def __init__(self, *, model, optimizer, scheduler, scaler, config: dict, ema: EMA = None):
+        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        self.scaler, self.ema, self.config = scaler, ema, config
+
+    def save(self, path, step: int, extra: dict = None) -> None:
+        save_checkpoint(path, step=step, model=self.model, config=self.config, optimizer=self.optimizer,
+                        scheduler=self.scheduler, scaler=self.scaler, ema=self.ema, extra=extra)
+
+    def resume(self, path):
+        """Restore the state saved at ``path`` (a file, or a run folder meaning its last.pt).
+
+        Returns ``(step, extra)``; raises :class:`CheckpointError` for a missing, corrupt or
+        incompatible checkpoint.
+        """
+        checkpoint = load_checkpoint(path)
+        if not isinstance(checkpoint, dict) or "optimizer" not in checkpoint or "step" not in checkpoint:
+            raise CheckpointError(f"{path} is not a training checkpoint of this codebase "
+                                  "(to start from published weights use --pretrained)")
+        saved_model = checkpoint["config"].get("model")
+        if saved_model != self.config.get("model"):
+            raise CheckpointError(f"{path} was trained with model {saved_model}, but this run builds "
+                                  f"{self.config.get('model')}; pass the same model flags to resume")
+        try:
+            unwrap_model(self.model).load_state_dict(checkpoint["model"])
+            self.optimizer.load_state_dict(checkpoint["optimizer"])
+            self.scheduler.load_state_dict(checkpoint["scheduler"])
+            if self.ema is not None and checkpoint.get("ema") is not None:
+                self.ema.load_state_dict(checkpoint["ema"], num_updates=checkpoint["step"])
+            if checkpoint.get("scaler") is not None and self.scaler.is_enabled():
+                self.scaler.load_state_dict(checkpoint["scaler"])
+        except (RuntimeError, ValueError, KeyError) as error:
+            raise CheckpointError(f"cannot resume from {path}: {error}") from error
+        set_rng_state(checkpoint["rng"])
+        return checkpoint["step"], checkpoint.get("extra", {})
