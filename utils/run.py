@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from .logging import MetricsLogger, save_image_grid, write_config
 from .training import configure_backend, seed_everything
@@ -86,5 +87,31 @@ class RunFolder:
     def save_last(self, step: int) -> None:
         self.state.save(self.dir / "last.pt", step, extra=self.extra())
 
+    def progress(self, step: int) -> tqdm:
+        """The progress bar (steps, ETA; loss, lr and throughput at each log interval)."""
+        self.bar = tqdm(total=self.args.steps, initial=step, desc=self.args.script, dynamic_ncols=True)
+        return self.bar
+
+    def end_step(self, step: int, tracker, train_step, eval_model, val_loader, device, model_inputs=None) -> None:
+        """After optimizer step ``step``: log, validate (+ best.pt) and save last.pt at their intervals
+        (``--log-every``, ``--val-every``, ``--save-every``, and always at the final step)."""
+        self.bar.update()
+        final = step == self.args.steps
+        if step % self.args.log_every == 0 or final:
+            self.log_train(step, tracker, train_step, self.bar)
+        if step % self.args.val_every == 0 or final:
+            self.validate(step, eval_model, val_loader, device, model_inputs=model_inputs, progress=self.bar)
+        if step % self.args.save_every == 0 or final:
+            self.save_last(step)
+
+    def interrupted(self, step: int) -> None:
+        """Ctrl-C: leave a resumable last.pt and exit with status 130."""
+        self.save_last(step)
+        self.bar.write(f"interrupted at step {step}: saved {self.dir / 'last.pt'}; "
+                       f"continue with --resume {self.dir}")
+        raise SystemExit(130)
+
     def close(self) -> None:
+        if getattr(self, "bar", None) is not None:
+            self.bar.close()
         self.logger.close()

@@ -1,0 +1,19 @@
+"""From the shared ``--data/--val-data/--val-fraction/--crop/--val-crop/--cache`` flags to datasets."""
+from .dataset import PairedDataset
+from .pairs import check_pairs, resolve_datasets_pairs
+
+
+def build_datasets(args, target_aliases=None):
+    """Discover, check and wrap the pairs named by the shared flags; returns (train_set, val_set).
+
+    Every pair's headers are checked before training starts, so a broken file is reported now
+    rather than hours into a run.
+    """
+    train_pairs, val_pairs = resolve_datasets_pairs(args.data, val_data=args.val_data,
+                                                    val_fraction=args.val_fraction, seed=args.seed,
+                                                    target_aliases=target_aliases)
+    check_pairs(train_pairs + val_pairs)
+    print(f"data: {len(train_pairs)} training pairs, {len(val_pairs)} validation pairs from {args.data}")
+    train_set = PairedDataset(train_pairs, crop=args.crop, augment=True, cache=args.cache)
+    val_set = PairedDataset(val_pairs, center_crop=args.val_crop or None, cache=args.cache)
+    return train_set, val_set
