@@ -129,4 +129,5 @@ def run_cli(main) -> None:
         main()
     except (DataLayoutError, ImageReadError, CheckpointError, NonFiniteLossError,
             FileNotFoundError, ValueError, ImportError) as error:
-        sys.exit(f"error: {error}")
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
