@@ -1,0 +1,1 @@
+from .restormer import Restormer
