@@ -17,11 +17,11 @@ Steps (photometric ones change the input only; the targets are the editor's and 
   become equal (to their average): ``gain_c = mean / mean_c``, clamped to [1/max_gain, max_gain]
   (a photo of a red wall is not a colour cast to remove completely), blended as
   ``1 + strength (gain_c - 1)``. Params: ``strength`` in [0, 1] (1.0), ``max_gain`` >= 1 (2.0).
-- ``denoise`` (photometric): ``method=nlmeans`` OpenCV's non-local means (``fastNlMeansDenoising``
-  on 16-bit RGB, L1 patch distance, 7x7 patches, 21x21 search; h = ``strength`` in 8-bit levels,
-  default 3; ~15 s for a 7 MP photo on one core, so train with ``--cache``), or ``method=bilateral``
-  OpenCV's bilateral filter (5x5, colour sigma ``strength`` in 8-bit levels, default 10, spatial
-  sigma 2 pixels; fast).
+- ``denoise`` (photometric): ``method=bilateral`` (default) OpenCV's bilateral filter (5x5, colour
+  sigma ``strength`` in 8-bit levels, default 10, spatial sigma 2 pixels; ~0.3 s per 7 MP photo), or
+  ``method=nlmeans`` OpenCV's non-local means (``fastNlMeansDenoising`` on 16-bit RGB, L1 patch
+  distance, 7x7 patches, 21x21 search; h = ``strength`` in 8-bit levels, default 3): stronger, but
+  ~15 s per 7 MP photo on one core, paid every time a worker decodes the photo.
 - ``resize`` (geometric): downscale (area interpolation) so the longer side is at most ``max_side``
   pixels (required); never upscales. Geometric steps apply to input *and* target in training, so
   the pair stays aligned; at inference the enhanced photo comes out at the reduced size.
@@ -32,21 +32,22 @@ import numpy as np
 from .dataset import PairedDataset
 
 FLAG = "--preprocess"
-DENOISE_METHODS = ("nlmeans", "bilateral")
-DENOISE_DEFAULT_STRENGTH = {"nlmeans": 3.0, "bilateral": 10.0}
+DENOISE_METHODS = ("bilateral", "nlmeans")
+DENOISE_DEFAULT_STRENGTH = {"bilateral": 10.0, "nlmeans": 3.0}
 BILATERAL_DIAMETER, BILATERAL_SPATIAL_SIGMA = 5, 2.0
 NLMEANS_TEMPLATE, NLMEANS_SEARCH = 7, 21  # OpenCV's recommended window sizes
 
 
 def gray_world(rgb: np.ndarray, strength: float = 1.0, max_gain: float = 2.0) -> np.ndarray:
     """Gray-world white balance of an HxWx3 float image (see the module docstring)."""
-    channel_means = rgb.reshape(-1, 3).mean(axis=0, dtype=np.float64)
+    channel_means = np.array(cv2.mean(rgb)[:3])  # float64 accumulation, ~25x faster than numpy's
     gains = channel_means.mean() / np.maximum(channel_means, 1e-6)
     gains = 1.0 + strength * (np.clip(gains, 1.0 / max_gain, max_gain) - 1.0)
-    return np.clip(rgb * gains.astype(np.float32), 0.0, 1.0)
+    balanced = rgb * gains.astype(np.float32)
+    return np.clip(balanced, 0.0, 1.0, out=balanced)
 
 
-def denoise(rgb: np.ndarray, method: str = "nlmeans", strength: float = None) -> np.ndarray:
+def denoise(rgb: np.ndarray, method: str = "bilateral", strength: float = None) -> np.ndarray:
     """Denoise an HxWx3 float image with OpenCV (see the module docstring)."""
     strength = DENOISE_DEFAULT_STRENGTH[method] if strength is None else strength
     if method == "bilateral":
@@ -93,7 +94,7 @@ def _choice(*choices):
 STEPS = {
     "grayworld": (gray_world, False, {"strength": (_number(0.0, 1.0), 1.0),
                                       "max_gain": (_number(1.0, float("inf")), 2.0)}),
-    "denoise": (denoise, False, {"method": (_choice(*DENOISE_METHODS), "nlmeans"),
+    "denoise": (denoise, False, {"method": (_choice(*DENOISE_METHODS), "bilateral"),
                                  "strength": (_number(0.0, 255.0), None)}),
     "resize": (resize_max_side, True, {"max_side": (_number(1, 1 << 20, integer=True), ...)}),
 }

@@ -68,7 +68,8 @@ def test_parse_fills_defaults_and_round_trips_through_json():
     assert steps == [{"name": "grayworld", "strength": 1.0, "max_gain": 2.0},
                      {"name": "denoise", "method": "bilateral", "strength": 10.0},
                      {"name": "resize", "max_side": 16}]
-    assert parse_pipeline("denoise")[0]["strength"] == 3.0
+    assert parse_pipeline("denoise") == [{"name": "denoise", "method": "bilateral", "strength": 10.0}]
+    assert parse_pipeline("denoise:method=nlmeans")[0]["strength"] == 3.0
     assert parse_pipeline("") == parse_pipeline("none") == []
     stored = json.loads(json.dumps(steps))  # as config.json keeps it
     image = noisy_flat()
@@ -80,7 +81,7 @@ def test_parse_fills_defaults_and_round_trips_through_json():
 @pytest.mark.parametrize("spec, message", [
     ("sharpen", "unknown step 'sharpen'; accepted: grayworld, denoise, resize"),
     ("resize", "step 'resize' needs max_side="),
-    ("denoise:method=median", "denoise:method=median is invalid: must be one of nlmeans, bilateral"),
+    ("denoise:method=median", "denoise:method=median is invalid: must be one of bilateral, nlmeans"),
     ("grayworld:strength=2", r"grayworld:strength=2 is invalid: must be in \[0.0, 1.0\]"),
     ("grayworld:gain=1", "step 'grayworld' has no parameter 'gain'; accepted: strength, max_gain"),
     ("grayworld:strength", "expected key=value in 'grayworld:strength'"),
@@ -115,7 +116,7 @@ def write_pair(folder, name="000.png"):
 @pytest.mark.parametrize("cache", [False, True])
 def test_dataset_input_equals_the_inference_preprocessing(tmp_path, cache):
     pair = write_pair(tmp_path)
-    spec = "grayworld,denoise,resize:max_side=20"
+    spec = "grayworld,denoise:method=nlmeans,resize:max_side=20"
     dataset = preprocessed(PairedDataset([pair], cache=cache), parse_pipeline(spec))
     for _ in range(2):  # the second read comes from the cache when enabled
         sample = dataset[0]
