@@ -8,7 +8,8 @@ other recipes: twice the peak (--lr 6e-4 instead of 3e-4) reached in a third of 
 
 Usage:
     python train_restormer_simple_robust.py --data /path/to/pairs       # the real recipe
-    python train_restormer_simple_robust.py --data /path/to/pairs --perceptual-weight 0.1 --vgg-weights vgg19-dcbb9e9d.pth
+    python train_restormer_simple_robust.py --data /path/to/pairs --perceptual-weight 0.1 \
+        --vgg-weights vgg19-dcbb9e9d.pth                                # with the optional VGG term
     python train_restormer_simple_robust.py --data DATA --resume runs/train_restormer_simple_robust
 CPU smoke test (seconds):
     python train_restormer_simple_robust.py --steps 4 --crop 32 --batch-size 2 --dim 8 \

@@ -26,6 +26,8 @@ Steps (photometric ones change the input only; the targets are the editor's and 
   pixels (required); never upscales. Geometric steps apply to input *and* target in training, so
   the pair stays aligned; at inference the enhanced photo comes out at the reduced size.
 """
+from typing import Callable, NamedTuple
+
 import cv2
 import numpy as np
 
@@ -90,13 +92,18 @@ def _choice(*choices):
     return convert
 
 
-# name -> (function, geometric?, {param: (converter, default)}); a default of ... marks a required param.
+class StepKind(NamedTuple):
+    function: Callable
+    geometric: bool  # applied to the target too (in training), so the pair stays aligned
+    params: dict  # name -> (converter, default); a default of ... marks a required parameter
+
+
 STEPS = {
-    "grayworld": (gray_world, False, {"strength": (_number(0.0, 1.0), 1.0),
-                                      "max_gain": (_number(1.0, float("inf")), 2.0)}),
-    "denoise": (denoise, False, {"method": (_choice(*DENOISE_METHODS), "bilateral"),
-                                 "strength": (_number(0.0, 255.0), None)}),
-    "resize": (resize_max_side, True, {"max_side": (_number(1, 1 << 20, integer=True), ...)}),
+    "grayworld": StepKind(gray_world, False, {"strength": (_number(0.0, 1.0), 1.0),
+                                              "max_gain": (_number(1.0, float("inf")), 2.0)}),
+    "denoise": StepKind(denoise, False, {"method": (_choice(*DENOISE_METHODS), "bilateral"),
+                                         "strength": (_number(0.0, 255.0), None)}),
+    "resize": StepKind(resize_max_side, True, {"max_side": (_number(1, 1 << 20, integer=True), ...)}),
 }
 
 
@@ -107,7 +114,7 @@ def normalize_step(step: dict) -> dict:
     name = step["name"]
     if name not in STEPS:
         raise ValueError(f"{FLAG}: unknown step {name!r}; accepted: {', '.join(STEPS)}")
-    params = STEPS[name][2]
+    params = STEPS[name].params
     unknown = sorted(set(step) - {"name"} - set(params))
     if unknown:
         raise ValueError(f"{FLAG}: step {name!r} has no parameter {unknown[0]!r}; accepted: {', '.join(params)}")
@@ -151,7 +158,7 @@ def _steps(steps) -> list:
 
 
 def _run(step: dict, rgb: np.ndarray) -> np.ndarray:
-    function = STEPS[step["name"]][0]
+    function = STEPS[step["name"]].function
     return function(rgb, **{k: v for k, v in step.items() if k != "name"}).astype(np.float32, copy=False)
 
 
@@ -170,7 +177,7 @@ def apply_pipeline_pair(steps, inp: np.ndarray, target: np.ndarray):
     inp, target = np.asarray(inp, dtype=np.float32), np.asarray(target, dtype=np.float32)
     for step in _steps(steps):
         inp = _run(step, inp)
-        if STEPS[step["name"]][1]:
+        if STEPS[step["name"]].geometric:
             target = _run(step, target)
     return inp, target
 

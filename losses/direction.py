@@ -5,7 +5,6 @@ warms a wall the editor cooled can have the same L1 as one that cools it too lit
 *directions* of the two changes (output - input vs target - input) penalises the wrong-way edit
 directly, independently of its size, which the pixel terms already cover.
 """
-import torch
 from torch import nn
 
 # Change vectors shorter than this (in RGB units; 1/255 ~ 0.004) have no meaningful direction: the

@@ -27,7 +27,7 @@ def percentile_thresholds(luma: torch.Tensor, quantiles: torch.Tensor) -> torch.
 
     Linear interpolation between order statistics (torch.quantile's default, numpy's 'linear'),
     computed on every s-th row and column, s = ceil(sqrt(H W / QUANTILE_SAMPLES)) (s = 1 up to
-    256x256 pixels).
+    256x256 pixels). No host-device sync (torch.quantile checks q's range on the CPU only).
     """
     batch, _, height, width = luma.shape
     stride = max(1, math.ceil(math.sqrt(height * width / QUANTILE_SAMPLES)))
@@ -53,11 +53,12 @@ def exposure_zones(inp: torch.Tensor, quantiles: torch.Tensor, softness: float =
 
 
 class AdaptiveZoneLoss(nn.Module):
-    """L = sum_z w_z E_z over z in (shadows, midtones, highlights), E_z = sum(m_z |pred - target|) / (C max(sum m_z, 1)).
+    """L = sum_z w_z E_z over the zones z = shadows, midtones, highlights.
 
-    m_z = :func:`exposure_zones` of the input with per-image percentile thresholds; E_z is the mean
-    absolute error inside zone z over the batch, so each zone counts by its weight whatever its size.
-    Defaults weigh the highlights (windows) most and the shadows (dark interiors) next.
+    E_z = sum(m_z |pred - target|) / (C max(sum m_z, 1)) with m_z = :func:`exposure_zones` of the
+    input (per-image percentile thresholds): the mean absolute error inside zone z over the batch,
+    so each zone counts by its weight whatever its size. Defaults weigh the highlights (windows)
+    most and the shadows (dark interiors) next.
     """
 
     def __init__(self, shadow_percentile: float = SHADOW_PERCENTILE,
