@@ -24,8 +24,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms.v2.functional import gaussian_blur
 
-# Rec. 709 / sRGB primaries' luma weights.
-REC709_WEIGHTS = (0.2126, 0.7152, 0.0722)
+from losses import colorspace
 
 # Sobel response of a full-range (0 -> 1) luminance step: 1 + 2 + 1. Dividing by it maps such an
 # edge to 1 whatever the image, unlike a per-image max, so edge values compare across images.
@@ -42,9 +41,6 @@ PROXY_TEXTURE_SCALE = 0.2
 # the proxy stays in [0, 1] without any rescaling.
 PROXY_WEIGHTS = {"brightness": 0.45, "neutrality": 0.2, "smoothness": 0.2, "height": 0.15}
 
-# Below one 8-bit step (1/255), so every 8-bit pixel gets its exact HSV saturation, while the
-# gradient of chroma / max stays bounded (<= 1e3) next to black, where saturation is discontinuous.
-_SATURATION_EPS = 1e-3
 # Keeps the gradient of sqrt finite on flat regions; the features run in float32 so 1e-12 is
 # representable.
 _EDGE_EPS = 1e-12
@@ -59,30 +55,29 @@ def _check_rgb(rgb: torch.Tensor) -> None:
 def luminance(rgb: torch.Tensor) -> torch.Tensor:
     """Rec. 709 luma of an RGB batch: ``0.2126 R + 0.7152 G + 0.0722 B``.
 
-    The weights are applied to the values as given. Photos here are sRGB-encoded (gamma-compressed),
-    so this is luma, a perceptual proxy for luminance, not linear-light luminance; that is what the
-    other features want (it tracks how bright a region looks).
+    :func:`losses.colorspace.luminance` (computed in float32), returned in ``rgb``'s dtype. The
+    weights apply to the values as given. Photos here are sRGB-encoded (gamma-compressed), so this
+    is luma, a perceptual proxy for luminance, not linear-light luminance; that is what the other
+    features want (it tracks how bright a region looks).
 
     rgb: (N, 3, H, W) in [0, 1]. Returns (N, 1, H, W) in [0, 1].
     """
     _check_rgb(rgb)
-    red, green, blue = rgb[:, 0:1], rgb[:, 1:2], rgb[:, 2:3]
-    return REC709_WEIGHTS[0] * red + REC709_WEIGHTS[1] * green + REC709_WEIGHTS[2] * blue
+    return colorspace.luminance(rgb).to(rgb.dtype)
 
 
 def saturation(rgb: torch.Tensor) -> torch.Tensor:
-    """HSV saturation ``(max - min) / max`` over the channels; 0 where the pixel is black.
+    """HSV saturation ``(max - min) / max(max, 1e-3)`` over the channels; 0 where the pixel is black.
 
-    Grey pixels give 0 and pure primaries give 1. The denominator is clamped at 1e-3 (below one
-    8-bit step, so 8-bit pixels are exact), keeping value and gradient finite at and near black;
-    black itself gives exactly 0 (max - min is 0 there too).
+    The S channel of :func:`losses.colorspace.rgb_to_hsv` (computed in float32), returned in
+    ``rgb``'s dtype. Grey pixels give 0 and pure primaries give 1. The floor of the denominator is
+    below one 8-bit step, so 8-bit pixels are exact, and keeps value and gradient finite at and near
+    black; black itself gives exactly 0 (max - min is 0 there too).
 
     rgb: (N, 3, H, W) in [0, 1]. Returns (N, 1, H, W) in [0, 1].
     """
     _check_rgb(rgb)
-    value = rgb.amax(dim=1, keepdim=True)
-    chroma = value - rgb.amin(dim=1, keepdim=True)
-    return (chroma / value.clamp_min(_SATURATION_EPS)).clamp(0.0, 1.0)
+    return colorspace.rgb_to_hsv(rgb)[:, 1:2].clamp(0.0, 1.0).to(rgb.dtype)
 
 
 @functools.lru_cache(maxsize=16)
