@@ -18,7 +18,7 @@ import torch
 from data.build import build_datasets
 from data.loaders import train_batches, val_loader
 from losses import CombinedLoss
-from losses.delta import DELTA_SOFTNESS, DELTA_THRESHOLD, FIX_WEIGHT, PRESERVE_WEIGHT, DeltaAwareLoss
+from losses.delta import add_delta_args, delta_loss_from_args
 from models.restormer import Restormer
 from utils.checkpoint import load_pretrained, model_spec
 from utils.cli import add_restormer_args, base_parser, parse_args, restormer_kwargs, run_cli
@@ -36,13 +36,7 @@ def main(argv=None):
     # --- config -----------------------------------------------------------------------------
     parser = base_parser(__doc__)
     add_restormer_args(parser)
-    parser.add_argument("--fix-weight", type=float, default=FIX_WEIGHT,
-                        help="weight of pixels the edit changes (input != target)")
-    parser.add_argument("--preserve-weight", type=float, default=PRESERVE_WEIGHT,
-                        help="weight of pixels the edit keeps (input == target)")
-    parser.add_argument("--delta-threshold", type=float, default=DELTA_THRESHOLD,
-                        help="largest channel change |target - input| above which a pixel needs fixing (soft)")
-    parser.add_argument("--delta-softness", type=float, default=DELTA_SOFTNESS)
+    add_delta_args(parser)  # --fix-weight, --preserve-weight, --delta-threshold, --delta-softness
     args = parse_args(parser, argv, DEMO_BUDGET, script="train_robust_window")
 
     # --- setup --------------------------------------------------------------------------------
@@ -60,10 +54,7 @@ def main(argv=None):
     train_model = torch.compile(model) if args.compile else model
 
     # --- loss ---------------------------------------------------------------------------------
-    criterion = CombinedLoss({
-        "delta": (1.0, DeltaAwareLoss(args.fix_weight, args.preserve_weight, args.delta_threshold,
-                                      args.delta_softness)),
-    })
+    criterion = CombinedLoss({"delta": (1.0, delta_loss_from_args(args))})
 
     # --- optimizer ----------------------------------------------------------------------------
     optimizer = build_optimizer(model, args.lr, args.weight_decay)

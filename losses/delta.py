@@ -69,3 +69,19 @@ class DeltaAwareLoss(nn.Module):
         abs_error = (pred.float() - target.float()).abs()
         # The floor only matters for preserve_weight 0 with nothing changed: then L = 0, not 0/0.
         return (weights * abs_error).sum() / (abs_error.shape[1] * weights.sum().clamp_min(1e-12))
+
+
+def add_delta_args(parser) -> None:
+    """The flags of :class:`DeltaAwareLoss` (catalog defaults), for every script that trains with it."""
+    parser.add_argument("--fix-weight", type=float, default=FIX_WEIGHT,
+                        help="weight of pixels the edit changes (input != target)")
+    parser.add_argument("--preserve-weight", type=float, default=PRESERVE_WEIGHT,
+                        help="weight of pixels the edit keeps (input == target)")
+    parser.add_argument("--delta-threshold", type=float, default=DELTA_THRESHOLD,
+                        help="largest channel change |target - input| above which a pixel needs fixing (soft)")
+    parser.add_argument("--delta-softness", type=float, default=DELTA_SOFTNESS)
+
+
+def delta_loss_from_args(args) -> DeltaAwareLoss:
+    """The :class:`DeltaAwareLoss` configured by the flags of :func:`add_delta_args`."""
+    return DeltaAwareLoss(args.fix_weight, args.preserve_weight, args.delta_threshold, args.delta_softness)

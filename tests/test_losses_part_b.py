@@ -1,10 +1,12 @@
 """Delta-aware, adaptive-zone, colour-direction, edge and SSIM losses: known values, adaptivity, and
 finite gradients at the extremes and under fp16/bf16 autocast."""
+import argparse
+
 import numpy as np
 import pytest
 import torch
 
-from losses.delta import DeltaAwareLoss, change_mask
+from losses.delta import DeltaAwareLoss, add_delta_args, change_mask, delta_loss_from_args
 from losses.direction import ColorDirectionLoss
 from losses.edge import EdgeLoss
 from losses.structural import SSIMLoss
@@ -75,6 +77,13 @@ def test_delta_rejects_a_stacked_network_input():
         DeltaAwareLoss()(target, target, stacked)
     with pytest.raises(ValueError, match="fix_weight"):
         DeltaAwareLoss(fix_weight=0.0, preserve_weight=0.0)
+
+
+def test_delta_flags_build_the_loss():
+    parser = argparse.ArgumentParser()
+    add_delta_args(parser)
+    loss = delta_loss_from_args(parser.parse_args(["--fix-weight", "5", "--delta-threshold", "0.1"]))
+    assert (loss.fix_weight, loss.preserve_weight, loss.threshold, loss.softness) == (5.0, 1.0, 0.1, 0.01)
 
 
 # --------------------------------------------------------------------------- adaptive zones
