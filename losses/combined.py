@@ -8,7 +8,8 @@ from torch import nn
 class CombinedLoss(nn.Module):
     """L = sum_k w_k L_k(pred, target, inp).
 
-    ``terms`` maps a name to ``(weight, loss_module)``; terms with weight 0 are not computed.
+    ``terms`` maps a name to ``(weight, loss_module)``; terms with weight 0 are dropped before
+    anything touches their module, so a script may pass ``None`` for a disabled, costly term (VGG).
     ``forward`` returns a dict: ``'loss'`` the weighted total (with graph, for backward) and each
     term's unweighted value, detached, under its name (for logging).
     """

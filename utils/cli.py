@@ -69,7 +69,7 @@ def explicit_flags(parser: argparse.ArgumentParser, argv) -> set:
     probe = copy.deepcopy(parser)
     for action in probe._actions:
         action.default = argparse.SUPPRESS
-    probe.set_defaults(**{k: argparse.SUPPRESS for k in probe._defaults})
+    probe._defaults.clear()  # recipe defaults from set_defaults() must not count as given
     return set(vars(probe.parse_args(argv)))
 
 
@@ -131,3 +131,30 @@ def run_cli(main) -> None:
             FileNotFoundError, ValueError, ImportError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+
+
+# DarkIR's catalog sizes: the widths of models.darkir.darkir_m / darkir_l (every other argument is
+# the official default).
+DARKIR_SIZES = {"m": 32, "l": 64}
+
+
+def add_darkir_args(parser: argparse.ArgumentParser) -> None:
+    """DarkIR's size flags (defaults: DarkIR-m, 3,321,638 parameters; ``--size l``: 12,957,254)."""
+    model = parser.add_argument_group("model (DarkIR)")
+    model.add_argument("--size", choices=sorted(DARKIR_SIZES), default="m",
+                       help="catalog size: m (width 32, the published DarkIR_384.pt) or l (width 64)")
+    model.add_argument("--width", type=int, default=None, help="channels at full resolution (overrides --size)")
+    model.add_argument("--enc-blocks", type=int, nargs=3, default=[1, 2, 3], help="encoder blocks per level")
+    model.add_argument("--dec-blocks", type=int, nargs=3, default=[3, 1, 1], help="decoder blocks per level")
+    model.add_argument("--middle-blocks-enc", type=int, default=2, help="frequency (encoder) blocks at the bottleneck")
+    model.add_argument("--middle-blocks-dec", type=int, default=2, help="dilated (decoder) blocks at the bottleneck")
+    model.add_argument("--dilations", type=int, nargs="+", default=[1, 4, 9],
+                       help="dilations of the parallel depth-wise branches of the decoder blocks")
+
+
+def darkir_kwargs(args) -> dict:
+    """DarkIR constructor arguments from the flags of :func:`add_darkir_args`."""
+    return dict(img_channel=3, width=args.width or DARKIR_SIZES[args.size],
+                middle_blk_num_enc=args.middle_blocks_enc, middle_blk_num_dec=args.middle_blocks_dec,
+                enc_blk_nums=list(args.enc_blocks), dec_blk_nums=list(args.dec_blocks),
+                dilations=list(args.dilations), extra_depth_wise=True)
