@@ -189,18 +189,32 @@ class LossTracker:
 
 # --------------------------------------------------------------------------- save / resume
 
+def _stateful(obj):
+    """The object whose state_dict is saved: a model's plain module (no compile/DDP wrapper), else obj."""
+    return unwrap_model(obj) if isinstance(obj, torch.nn.Module) else obj
+
+
 class TrainingState:
     """Everything that makes a run resumable, saved and restored together.
 
     ``config`` is the resolved configuration (must contain ``'model'``, a
     :func:`utils.checkpoint.model_spec`); a checkpoint whose model spec differs is refused on resume.
+    ``extra_modules`` maps names to further stateful objects of the run (anything with
+    ``state_dict()`` / ``load_state_dict()``: a GAN discriminator, its optimizer, scheduler and
+    scaler); they are saved under ``extra['modules']`` of the one checkpoint format and restored by
+    :meth:`resume`.
     """
 
-    def __init__(self, *, model, optimizer, scheduler, scaler, config: dict, ema: EMA = None):
+    def __init__(self, *, model, optimizer, scheduler, scaler, config: dict, ema: EMA = None,
+                 extra_modules: dict = None):
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.scaler, self.ema, self.config = scaler, ema, config
+        self.extra_modules = dict(extra_modules or {})
 
     def save(self, path, step: int, extra: dict = None) -> None:
+        extra = dict(extra or {})
+        if self.extra_modules:
+            extra["modules"] = {name: _stateful(obj).state_dict() for name, obj in self.extra_modules.items()}
         save_checkpoint(path, step=step, model=self.model, config=self.config, optimizer=self.optimizer,
                         scheduler=self.scheduler, scaler=self.scaler, ema=self.ema, extra=extra)
 
@@ -218,6 +232,12 @@ class TrainingState:
         if saved_model != self.config.get("model"):
             raise CheckpointError(f"{path} was trained with model {saved_model}, but this run builds "
                                   f"{self.config.get('model')}; pass the same model flags to resume")
+        extra = dict(checkpoint.get("extra", {}))
+        saved_modules = extra.pop("modules", {})
+        missing = [name for name in self.extra_modules if name not in saved_modules]
+        if missing:
+            raise CheckpointError(f"{path} holds no state for {', '.join(missing)}: it was written by a "
+                                  "different training script")
         try:
             unwrap_model(self.model).load_state_dict(checkpoint["model"])
             self.optimizer.load_state_dict(checkpoint["optimizer"])
@@ -226,7 +246,10 @@ class TrainingState:
                 self.ema.load_state_dict(checkpoint["ema"], num_updates=checkpoint["step"])
             if checkpoint.get("scaler") is not None and self.scaler.is_enabled():
                 self.scaler.load_state_dict(checkpoint["scaler"])
+            for name, obj in self.extra_modules.items():
+                if saved_modules[name]:  # empty: a disabled GradScaler, nothing to restore
+                    _stateful(obj).load_state_dict(saved_modules[name])
         except (RuntimeError, ValueError, KeyError) as error:
             raise CheckpointError(f"cannot resume from {path}: {error}") from error
         set_rng_state(checkpoint["rng"])
-        return checkpoint["step"], checkpoint.get("extra", {})
+        return checkpoint["step"], extra
