@@ -60,12 +60,12 @@ def resolve_depth_model(name_or_path: str, run_dir) -> str:
     if name_or_path == TINY_RANDOM_DEPTH_MODEL:
         folder = (Path(run_dir) / TINY_RANDOM_FOLDER).resolve()
         if not (folder / "config.json").is_file():
-            from transformers import DPTForDepthEstimation
-
             from models.depth import tiny_dpt_config
+            config = tiny_dpt_config()  # first: without transformers it names the requirements file
+            from transformers import DPTForDepthEstimation
             with torch.random.fork_rng(devices=[]):  # leave the run's random streams untouched
                 torch.manual_seed(TINY_RANDOM_SEED)
-                DPTForDepthEstimation(tiny_dpt_config()).save_pretrained(folder)
+                DPTForDepthEstimation(config).save_pretrained(folder)
         print(f"WARNING: --depth-model {TINY_RANDOM_DEPTH_MODEL}: a randomly initialised tiny DPT ({folder}); "
               "its depth is noise, for smoke tests only. For real depth: hf download Intel/dpt-hybrid-midas "
               "--local-dir DIR, then --depth-model DIR", file=sys.stderr)
