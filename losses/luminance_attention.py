@@ -18,7 +18,8 @@ SHADOW_WEIGHT, MIDTONE_WEIGHT, HIGHLIGHT_WEIGHT = 1.5, 1.0, 2.0
 
 
 def luminance_attention_maps(inp: torch.Tensor, centres=ZONE_CENTRES, width: float = ZONE_WIDTH) -> torch.Tensor:
-    """Soft zone memberships of each pixel, (N, K, H, W), summing to 1 over the K zones.
+    """Soft zone memberships of each pixel, (N, K, H, W), summing to 1 over the K zones (``centres``: a
+    sequence or a tensor of the K zone centres on the luma axis).
 
     a_k = softmax_k(-(Y - c_k)^2 / (2 width^2)) with Y the Rec.709 luma of ``inp`` and c_k the zone
     centres: a normalised Gaussian heat map per zone. With the defaults a pixel of luma 0.5 is 92%
@@ -26,7 +27,7 @@ def luminance_attention_maps(inp: torch.Tensor, centres=ZONE_CENTRES, width: flo
     96% highlight.
     """
     luma = luminance(inp)
-    centre_values = torch.tensor(centres, dtype=luma.dtype, device=luma.device).view(1, -1, 1, 1)
+    centre_values = torch.as_tensor(centres, dtype=luma.dtype, device=luma.device).view(1, -1, 1, 1)
     return torch.softmax(-(luma - centre_values).square() / (2.0 * width ** 2), dim=1)
 
 
@@ -45,11 +46,12 @@ class LuminanceAttentionLoss(nn.Module):
         if width <= 0:
             raise ValueError(f"LuminanceAttentionLoss width must be > 0, got {width}")
         self.width = width
+        self.register_buffer("centres", torch.tensor(ZONE_CENTRES), persistent=False)
         self.register_buffer("zone_weights", torch.tensor([shadow_weight, midtone_weight, highlight_weight]),
                              persistent=False)
 
     def forward(self, pred, target, inp):
-        maps = luminance_attention_maps(inp, ZONE_CENTRES, self.width)
+        maps = luminance_attention_maps(inp, self.centres, self.width)
         abs_error = (pred.float() - target.float()).abs().mean(dim=1, keepdim=True)
         zone_errors = (maps * abs_error).sum(dim=(0, 2, 3)) / maps.sum(dim=(0, 2, 3)).clamp_min(1.0)
         return (self.zone_weights * zone_errors).sum()

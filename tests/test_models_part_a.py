@@ -1,11 +1,14 @@
-"""GainRestormer (bounded gains), PatchDiscriminator (70x70 PatchGAN), and the saving/restoring of a
-second network's state (TrainingState extra_modules, the adversarial script's --resume)."""
+"""GainRestormer (bounded gains, also through train_production.py and enhance.py), PatchDiscriminator
+(70x70 PatchGAN), and the saving/restoring of a second network's state (TrainingState extra_modules,
+the adversarial script's --resume)."""
 import importlib.util
 from pathlib import Path
 
 import pytest
 import torch
 
+import enhance
+from data.io import read_image
 from models.discriminator import PatchDiscriminator
 from models.gain import GainRestormer, window_region
 from models.restormer import Restormer
@@ -14,6 +17,13 @@ from utils.training import TrainingState, build_optimizer, cosine_with_warmup, m
 
 TINY = dict(dim=8, num_blocks=(1, 1, 1, 1), num_refinement_blocks=1, heads=(1, 1, 1, 1))
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def photo(size=16):
@@ -174,10 +184,7 @@ def test_resume_without_the_extra_modules_state_is_refused(tmp_path):
 
 
 def test_adversarial_script_resumes_the_discriminator_exactly(tiny_pairs, tmp_path):
-    script = ROOT / "train_restormer_512_adversarial.py"
-    spec = importlib.util.spec_from_file_location(script.stem, script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("train_restormer_512_adversarial")
     argv = ["--data", str(tiny_pairs), "--workers", "0", "--steps", "1", "--crop", "32", "--batch-size", "1",
             "--dim", "8", "--num-blocks", "1", "1", "1", "1", "--num-refinement-blocks", "1", "--heads", "1", "1",
             "1", "1", "--disc-channels", "4", "--style-weight", "0", "--num-samples", "0", "--out", str(tmp_path)]
@@ -190,3 +197,22 @@ def test_adversarial_script_resumes_the_discriminator_exactly(tiny_pairs, tmp_pa
     assert all(torch.equal(discriminator[k], saved["discriminator"][k]) for k in saved["discriminator"])
     assert restored["disc_scheduler"].last_epoch == saved["disc_scheduler"]["last_epoch"] == 1
     assert restored["disc_optimizer"].state_dict()["state"].keys() == saved["disc_optimizer"]["state"].keys()
+
+
+def test_production_checkpoint_enhances_within_its_bounds(tiny_pairs, tmp_path):
+    module = load_script("train_production")
+    argv = ["--data", str(tiny_pairs), "--workers", "0", "--steps", "2", "--crop", "32", "--batch-size", "2",
+            "--dim", "8", "--num-blocks", "1", "1", "1", "1", "--num-refinement-blocks", "1", "--heads", "1", "1",
+            "1", "1", "--lr", "1e-2", "--warmup", "1", "--num-samples", "0", "--out", str(tmp_path / "run")]
+    module.main(argv)
+    photo = tiny_pairs / "val" / "input" / "000.png"
+    written = enhance.main(["--checkpoint", str(tmp_path / "run"), "--input", str(photo), "--out",
+                            str(tmp_path / "edited"), "--device", "cpu"])
+    inp, out = read_image(photo), read_image(written[0])
+    assert out.shape == inp.shape
+    region = window_region(torch.from_numpy(inp).permute(2, 0, 1)[None])[0, 0].numpy()
+    level = 1 / 255 + 1e-6  # 8-bit rounding of the written photo
+    window, interior = region == 1, region == 0
+    assert window.any() and interior.any()
+    assert (out[window] <= inp[window] + level).all() and (out[window] >= 0.3 * inp[window] - level).all()
+    assert (out[interior] >= inp[interior] - level).all() and (out[interior] <= 3 * inp[interior] + level).all()
