@@ -37,3 +37,62 @@ def tiny_pairs(tmp_path):
     write_pairs(root / "train", 6, seed=0)
     write_pairs(root / "val", 2, seed=1)
     return root
+
+
+class LocalConvNet(torch.nn.Module):
+    """A fully convolutional test network (receptive field 7x7, so tiled inference with enough overlap
+    equals whole-image inference): ``x[:, :3] + convs(x)``; ``identity=True`` zeroes the last
+    convolution, making the output exactly the input."""
+
+    def __init__(self, inp_channels: int = 3, width: int = 8, identity: bool = False):
+        super().__init__()
+        self.body = torch.nn.Sequential(
+            torch.nn.Conv2d(inp_channels, width, 3, padding=1), torch.nn.GELU(),
+            torch.nn.Conv2d(width, width, 3, padding=1), torch.nn.GELU(),
+            torch.nn.Conv2d(width, 3, 3, padding=1))
+        if identity:
+            torch.nn.init.zeros_(self.body[-1].weight)
+            torch.nn.init.zeros_(self.body[-1].bias)
+
+    def forward(self, x):
+        return x[:, :3] + self.body(x)
+
+
+def save_model_checkpoint(path, model, kwargs: dict, ema_model=None, **config):
+    """A checkpoint of ``model`` (config['model'] from its kwargs, plus ``config``) as a training run
+    writes it; ``ema_model``'s weights go in as the EMA weights."""
+    from utils.checkpoint import model_spec, save_checkpoint
+
+    class _Weights:  # what save_checkpoint asks of an EMA: a state_dict
+        def __init__(self, module):
+            self.module = module
+
+        def state_dict(self):
+            return self.module.state_dict()
+
+    save_checkpoint(path, step=7, model=model, config={"model": model_spec(model, kwargs), **config},
+                    ema=_Weights(ema_model) if ema_model is not None else None)
+    return path
+
+
+@pytest.fixture
+def tiny_restormer_checkpoint(tmp_path):
+    """RUN/best.pt of a randomly initialised 0.2M-parameter Restormer (a visible, non-local edit)."""
+    from models.restormer import Restormer
+    torch.manual_seed(0)
+    kwargs = dict(dim=8, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1, heads=[1, 1, 1, 1])
+    return save_model_checkpoint(tmp_path / "restormer_run" / "best.pt", Restormer(**kwargs), kwargs)
+
+
+@pytest.fixture
+def conv_checkpoint(tmp_path):
+    """RUN/best.pt of a randomly initialised :class:`LocalConvNet` (purely local edit)."""
+    torch.manual_seed(0)
+    return save_model_checkpoint(tmp_path / "conv_run" / "best.pt", LocalConvNet(), {})
+
+
+@pytest.fixture
+def identity_checkpoint(tmp_path):
+    """RUN/best.pt of a :class:`LocalConvNet` whose output is exactly its input."""
+    return save_model_checkpoint(tmp_path / "identity_run" / "best.pt", LocalConvNet(identity=True),
+                                 {"identity": True})

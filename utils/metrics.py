@@ -72,3 +72,25 @@ def ssim(pred: torch.Tensor, target: torch.Tensor, data_range: float = 1.0,
     ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov_xy + c2)) / (
         (mu_x ** 2 + mu_y ** 2 + c1) * (var_x + var_y + c2))
     return _reduce(ssim_map.flatten(1).mean(1), reduction)
+
+
+def masked_psnr(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, data_range: float = 1.0,
+                reduction: str = "mean") -> torch.Tensor:
+    """PSNR in dB over a region of each image: 10 log10(data_range^2 / MSE_m) with the mask-weighted
+
+        MSE_m = sum(m * (pred - target)^2) / (C * sum(m))
+
+    ``mask`` is (N, 1, H, W), boolean or weights in [0, 1] (broadcast over the channels). An image
+    whose mask is empty gets NaN (the region is not there); ``reduction='mean'`` averages over the
+    images that have the region (NaN if none has). Like :func:`psnr`, MSE is floored at 1e-10.
+    """
+    if mask.ndim != 4 or mask.shape[1] != 1 or mask.shape[0] != pred.shape[0] or mask.shape[-2:] != pred.shape[-2:]:
+        raise ValueError(f"mask must have shape (N, 1, H, W) = {(pred.shape[0], 1, *pred.shape[-2:])}, "
+                         f"got {tuple(mask.shape)}")
+    weights = mask.float()
+    squared_error = (pred.float() - target.float()).pow(2)
+    weight_sum = weights.flatten(1).sum(1) * pred.shape[1]
+    mse = (weights * squared_error).flatten(1).sum(1) / weight_sum.clamp_min(1e-12)
+    per_image = 10.0 * torch.log10(data_range ** 2 / mse.clamp_min(1e-10))
+    per_image = torch.where(weight_sum > 0, per_image, torch.full_like(per_image, float("nan")))
+    return per_image.nanmean() if reduction == "mean" else _reduce(per_image, reduction)

@@ -1,0 +1,181 @@
+"""Seconds and peak memory to enhance one photo with Restormer Base, per tile size; and how far tiled
+output is from whole-image output, per tile size and overlap.
+
+Timing and memory (README "Enhance and evaluate"; random weights, one 3296x2192 photo per setting):
+
+    OMP_NUM_THREADS=2 nice -n 19 /work/venv/bin/python tools/bench_enhance.py --size 3296x2192 \
+        --tiles 256 512 --device cpu --threads 2
+
+Each setting runs in a fresh child process that loads the checkpoint through ``load_enhancer`` and
+enhances the photo once (``enhance.py``'s path, without file I/O). Its peak resident memory is the
+kernel's ``ru_maxrss`` for that child from ``os.wait4`` (what ``/usr/bin/time -v`` reports), which
+counts torch's native allocations that tracemalloc misses; on CUDA the child also reports
+``torch.cuda.max_memory_allocated``. ``--whole`` adds a whole-image run, which is only started when
+the memory extrapolated from the tile runs fits in half of the machine's available memory.
+
+Tiled vs whole agreement (a randomly initialised model; max and mean |tiled - whole| in 8-bit levels):
+
+    OMP_NUM_THREADS=2 /work/venv/bin/python tools/bench_enhance.py --agreement --size 256x384 \
+        --tiles 128 --overlaps 0 16 32 48 --model base
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from models.restormer import Restormer  # noqa: E402
+from utils.checkpoint import model_spec, save_checkpoint  # noqa: E402
+from utils.inference import load_enhancer  # noqa: E402
+
+# 'base': Restormer Base (26.1M); 'demo': the template's CPU demo size; 'tiny': the test size.
+MODEL_SIZES = {
+    "base": {},
+    "demo": dict(dim=16, num_blocks=[1, 2, 2, 2], num_refinement_blocks=1, heads=[1, 2, 4, 8]),
+    "tiny": dict(dim=8, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1, heads=[1, 1, 1, 1]),
+}
+
+
+def synthetic_photo(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """A smooth random photo with fine texture and a blown-out 'window', HxWx3 float32 in [0, 1]."""
+    rng = np.random.default_rng(seed)
+    coarse = torch.from_numpy(rng.random((1, 3, 8, 12), dtype=np.float32))
+    smooth = torch.nn.functional.interpolate(coarse, size=(height, width), mode="bicubic", align_corners=False)
+    photo = (smooth[0].permute(1, 2, 0).numpy() + rng.normal(0, 0.02, (height, width, 3))).clip(0, 1)
+    photo[height // 8: height // 3, width // 6: width // 3] = 1.0
+    return photo.astype(np.float32)
+
+
+def write_checkpoint(path: Path, size: str, seed: int = 0) -> Path:
+    torch.manual_seed(seed)
+    kwargs = MODEL_SIZES[size]
+    model = Restormer(**kwargs)
+    save_checkpoint(path, step=0, model=model, config={"model": model_spec(model, kwargs)})
+    return path
+
+
+def child(args) -> None:
+    """One setting in this process: load, enhance once, print a JSON line."""
+    torch.set_num_threads(args.threads)
+    height, width = args.size
+    photo = synthetic_photo(height, width)
+    start = time.perf_counter()
+    enhancer = load_enhancer(args.checkpoint, args.device, amp=args.amp, tile=args.tile, overlap=args.overlap,
+                             batch_size=args.batch_size)
+    loaded = time.perf_counter()
+    enhancer.enhance(photo)
+    done = time.perf_counter()
+    result = {"load_s": loaded - start, "enhance_s": done - loaded}
+    if enhancer.device.type == "cuda":
+        result["cuda_peak_gib"] = torch.cuda.max_memory_allocated(enhancer.device) / 2 ** 30
+    print(json.dumps(result), flush=True)
+
+
+def run_child(args, tile: int) -> dict:
+    command = [sys.executable, __file__, "--child", "--checkpoint", str(args.checkpoint), "--tile", str(tile),
+               "--overlap", str(args.overlap if tile else 0), "--size", f"{args.size[1]}x{args.size[0]}",
+               "--device", args.device, "--threads", str(args.threads), "--batch-size", str(args.batch_size),
+               "--amp", args.amp]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    output = process.stdout.read()
+    _, status, usage = os.wait4(process.pid, 0)
+    if status != 0:
+        raise SystemExit(f"error: setting --tile {tile} failed (status {status})")
+    result = json.loads(output.strip().splitlines()[-1])
+    # ru_maxrss is in KiB on Linux
+    result.update(tile=tile, peak_rss_gib=usage.ru_maxrss / 2 ** 20, cpu_s=usage.ru_utime + usage.ru_stime)
+    return result
+
+
+def available_gib() -> float:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) / 2 ** 20
+    return float("inf")
+
+
+def benchmark(args) -> None:
+    height, width = args.size
+    with tempfile.TemporaryDirectory() as folder:
+        args.checkpoint = write_checkpoint(Path(folder) / "model.pt", args.model)
+        results = []
+        for tile in args.tiles:
+            results.append(run_child(args, tile))
+            print(json.dumps(results[-1]), flush=True)
+        if args.whole:
+            # activation memory grows with the pixels a forward pass sees: extrapolate from the largest tile
+            largest, smallest = max(results, key=lambda r: r["tile"]), min(results, key=lambda r: r["tile"])
+            per_pixel = (largest["peak_rss_gib"] - smallest["peak_rss_gib"]) / (
+                args.batch_size * (largest["tile"] ** 2 - smallest["tile"] ** 2))
+            estimate = largest["peak_rss_gib"] + per_pixel * (height * width - args.batch_size * largest["tile"] ** 2)
+            if estimate < 0.5 * available_gib():
+                results.append(run_child(args, 0))
+            else:
+                print(f"whole image not run: about {estimate:.0f} GiB estimated, {available_gib():.0f} GiB available")
+    print(f"\nRestormer {args.model}, {width}x{height}, device {args.device}, {args.threads} threads, "
+          f"batch {args.batch_size}, overlap {args.overlap}, amp {args.amp}")
+    print("| tile | enhance s | CPU s | peak RSS GiB |" + (" CUDA peak GiB |" if args.device != "cpu" else ""))
+    for result in results:
+        row = (f"| {result['tile'] or 'whole'} | {result['enhance_s']:.1f} | {result['cpu_s']:.0f} "
+               f"| {result['peak_rss_gib']:.2f} |")
+        print(row + (f" {result['cuda_peak_gib']:.2f} |" if "cuda_peak_gib" in result else ""))
+
+
+@torch.no_grad()
+def agreement(args) -> None:
+    height, width = args.size
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as folder:
+        checkpoint = write_checkpoint(Path(folder) / "model.pt", args.model)
+        photo = synthetic_photo(height, width)
+        whole = load_enhancer(checkpoint, args.device, tile=0).enhance(photo)
+        print(f"Restormer {args.model} (random weights), {width}x{height}: mean edit "
+              f"{np.abs(whole - photo).mean() * 255:.1f}/255")
+        print("| tile | overlap | max abs diff (/255) | mean abs diff (/255) | 99th percentile (/255) |")
+        for tile in args.tiles:
+            for overlap in args.overlaps:
+                tiled = load_enhancer(checkpoint, args.device, tile=tile, overlap=overlap).enhance(photo)
+                difference = np.abs(tiled - whole) * 255
+                print(f"| {tile} | {overlap} | {difference.max():.2f} | {difference.mean():.3f} | "
+                      f"{np.percentile(difference, 99):.2f} |", flush=True)
+
+
+def parse_size(text: str):
+    width, _, height = text.partition("x")
+    return int(height), int(width)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", type=parse_size, default=parse_size("3296x2192"), help="WIDTHxHEIGHT of the photo")
+    parser.add_argument("--tiles", type=int, nargs="+", default=[256, 512])
+    parser.add_argument("--overlap", type=int, default=64, help="overlap of the timing runs")
+    parser.add_argument("--overlaps", type=int, nargs="+", default=[0, 16, 32, 64], help="overlaps for --agreement")
+    parser.add_argument("--whole", action="store_true", help="also run the whole image when it fits in memory")
+    parser.add_argument("--agreement", action="store_true", help="measure tiled vs whole instead of time/memory")
+    parser.add_argument("--model", choices=tuple(MODEL_SIZES), default="base")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--checkpoint", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--tile", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        child(args)
+    elif args.agreement:
+        agreement(args)
+    else:
+        benchmark(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,299 @@
+"""Inference from trained checkpoints: rebuild the model(s) a run saved and enhance full-resolution photos.
+
+    enhancer = load_enhancer("runs/train_restormer_512_combined_loss/best.pt", device="cuda", amp="bf16")
+    enhanced = enhancer.enhance(read_image("photo.jpg"))     # HxWx3 float32 in [0, 1], same size
+
+Every checkpoint carries its run's config, and the config says how to rebuild the network and its
+input. Per photo and per checkpoint, each stage only when the config names it:
+
+1. ``config['preprocess']``: :func:`data.preprocess.apply_pipeline` on the photo (input only, as in
+   training). A geometric step (``resize``) makes the network run at the reduced size; its edit
+   (output minus the reduced input) is then upsampled and added to the full-size photo, so the
+   result keeps the photo's size and detail.
+2. ``config['input_features']``: :func:`data.features.build_inputs` on the whole photo; a ``'depth'``
+   feature comes from the MiDaS/DPT model at ``config['depth_model']``, run once per photo on the
+   whole photo (never per tile). RGB and features are then tiled together.
+3. The network over overlapping, blended tiles (:func:`utils.tiling.tiled_forward`), EMA weights
+   when the checkpoint has them, output clamped to [0, 1].
+
+Several checkpoints form an ensemble (e.g. the folds of a cross-validation run): the mean of their
+outputs. Which kind of model a checkpoint holds is decided by :data:`MODEL_KINDS`, a list of
+(config key, loader) pairs checked in order, so another kind (a diffusion pipeline, say) plugs in
+with one entry and one loader class that has the same ``predict`` method.
+"""
+import argparse
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from data.io import read_metadata, write_image
+
+from .checkpoint import CheckpointError, build_model, load_checkpoint, load_pretrained
+from .tiling import tiled_forward
+from .training import autocast, configure_backend, resolve_amp, select_device
+
+AMP_MODES = ("none", "bf16", "fp16")
+# Defaults of enhance.py / evaluate.py, chosen by measurement (README "Enhance and evaluate"): 512 is
+# the training crop of every catalog recipe, so Restormer's channel attention sees the statistics it
+# was trained on; an overlap of 64 (1.31x the work of non-overlapping tiles) leaves no visible seam.
+DEFAULT_TILE = 512
+DEFAULT_OVERLAP = 64
+DEFAULT_BATCH_SIZE = 4
+# Tiles are cut at multiples of the networks' 2**3 downsampling, so no tile needs padding inside.
+TILE_MULTIPLE = 8
+
+
+def resolve_checkpoints(paths) -> list:
+    """The checkpoint files that ``paths`` (one path or a list) name, in order.
+
+    A ``.pt`` file is itself; a run folder gives its ``best.pt`` (else ``last.pt``); a folder of
+    cross-validation runs gives every ``fold_*/best.pt`` (else that fold's ``last.pt``).
+    Raises :class:`utils.checkpoint.CheckpointError` naming a path that holds none of these.
+    """
+    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    if not paths:
+        raise CheckpointError("no checkpoint given")
+    files = []
+    for path in map(Path, paths):
+        if path.is_file():
+            files.append(path)
+        elif path.is_dir():
+            folds = sorted(fold for fold in path.glob("fold_*") if fold.is_dir())
+            runs = folds if not _run_checkpoint(path) and folds else [path]
+            for run in runs:
+                checkpoint = _run_checkpoint(run)
+                if checkpoint is None:
+                    raise CheckpointError(f"checkpoint folder {run} has neither best.pt nor last.pt")
+                files.append(checkpoint)
+        else:
+            raise CheckpointError(f"checkpoint not found: {path} (give a .pt file, a run folder with best.pt/"
+                                  "last.pt, or a folder of fold_*/ runs)")
+    return files
+
+
+def _run_checkpoint(run_dir: Path):
+    for name in ("best.pt", "last.pt"):
+        if (run_dir / name).is_file():
+            return run_dir / name
+    return None
+
+
+def _autocast_dtype(amp: str):
+    return {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+
+
+class Tiling:
+    """How a network sweeps a photo: ``tile`` pixels square (0: the whole photo at once), ``overlap``
+    pixels shared by neighbouring tiles, ``batch_size`` tiles per forward pass."""
+
+    def __init__(self, tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP,
+                 batch_size: int = DEFAULT_BATCH_SIZE):
+        if tile < 0 or tile % TILE_MULTIPLE or batch_size < 1:
+            raise ValueError(f"--tile must be 0 or a positive multiple of {TILE_MULTIPLE}, and --batch-size >= 1; "
+                             f"got {tile} and {batch_size}")
+        if tile > 0 and not 0 <= overlap < tile // 2:
+            raise ValueError(f"--overlap {overlap} must be in [0, tile/2) for --tile {tile}")
+        self.tile, self.overlap, self.batch_size = tile, overlap, batch_size
+
+
+class NetworkModel:
+    """One image-to-image network of the library (``config['model']``) with the input pipeline it
+    was trained with; :meth:`predict` maps a photo to its enhanced version on ``device``."""
+
+    def __init__(self, model: torch.nn.Module, config: dict, source: str, device, amp: str = "none",
+                 tiling: Tiling = None, used_ema: bool = False, step: int = None):
+        if amp not in AMP_MODES:
+            raise ValueError(f"--amp must be one of {', '.join(AMP_MODES)}, got {amp!r}")
+        self.model = model.to(device).eval()
+        self.config, self.source, self.amp, self.used_ema, self.step = config, source, amp, used_ema, step
+        self.device = torch.device(device)
+        self.tiling = tiling or Tiling()
+        self.preprocess = config.get("preprocess") or []
+        self.features = config.get("input_features")
+        self.depth_model = config.get("depth_model")
+        self._depth_estimator = None
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: dict, source: str, device, amp: str, tiling: Tiling) -> "NetworkModel":
+        """Rebuild the network from ``checkpoint['config']['model']`` and load its (EMA) weights."""
+        model = build_model(checkpoint["config"]["model"])
+        load_pretrained(model, checkpoint, strict=True, prefer_ema=True)
+        used_ema = isinstance(checkpoint.get("ema"), dict) or isinstance(checkpoint.get("params_ema"), dict)
+        return cls(model, checkpoint["config"], source, device, amp, tiling, used_ema, checkpoint.get("step"))
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(parameter.numel() for parameter in self.model.parameters())
+
+    def describe(self) -> str:
+        steps = f", step {self.step}" if self.step is not None else ""
+        weights = "EMA weights" if self.used_ema else "weights"
+        name = type(self.model).__name__
+        return f"{name} ({self.num_parameters:,} parameters, {weights}{steps}) from {self.source}"
+
+    def depth(self, rgb: torch.Tensor, photo_cache: dict) -> torch.Tensor:
+        """Depth (1, 1, H, W) of the whole photo from ``config['depth_model']``, computed once per photo
+        (``photo_cache`` shares it between the members of an ensemble) and per loaded model."""
+        key = ("depth", str(self.depth_model), repr(self.preprocess))
+        if key not in photo_cache:
+            if self.depth_model is None:
+                raise CheckpointError(f"{self.source}: input feature 'depth' needs config['depth_model'] "
+                                      "(the MiDaS/DPT folder the run was trained with)")
+            if self._depth_estimator is None:
+                from models.depth import load_depth_model
+                self._depth_estimator = load_depth_model(self.depth_model, self.device,
+                                                         autocast_dtype=_autocast_dtype(self.amp))
+            photo_cache[key] = self._depth_estimator(rgb)
+        return photo_cache[key]
+
+    def network_input(self, rgb: np.ndarray, photo_cache: dict) -> torch.Tensor:
+        """(1, C, h, w) input on the device: the preprocessed photo, then the feature channels."""
+        if self.preprocess:
+            from data.preprocess import apply_pipeline
+            rgb = apply_pipeline(self.preprocess, rgb)
+        tensor = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].to(self.device)
+        if not self.features:
+            return tensor
+        from data.features import build_inputs, needs_depth
+        depth = self.depth(tensor, photo_cache) if needs_depth(self.features) else None
+        return build_inputs(tensor, self.features, depth=depth)
+
+    @torch.no_grad()
+    def predict(self, rgb: np.ndarray, photo_cache: dict = None) -> torch.Tensor:
+        """Enhance an HxWx3 float32 photo in [0, 1]; returns (1, 3, H, W) float32 in [0, 1] on the device."""
+        inputs = self.network_input(rgb, {} if photo_cache is None else photo_cache)
+
+        def run_network(tiles):
+            with autocast(self.device, self.amp):
+                return self.model(tiles).float().clamp(0, 1)
+
+        output = tiled_forward(run_network, inputs, tile=self.tiling.tile, overlap=self.tiling.overlap,
+                               batch_size=self.tiling.batch_size, device=self.device)
+        if output.shape[-2:] != rgb.shape[:2]:
+            output = _apply_edit_at_full_size(rgb, output)
+        return output
+
+
+def _apply_edit_at_full_size(rgb: np.ndarray, reduced_output: torch.Tensor) -> torch.Tensor:
+    """The full-size photo plus the network's edit made at a reduced size (a ``resize`` preprocessing
+    step): ``clamp(photo + upsample(output - downsample(photo)), 0, 1)``. Downsampling is area
+    interpolation, as in the resize step; it is taken from the original photo (not the preprocessed
+    input) so that the photometric preprocessing is part of the edit too."""
+    height, width = rgb.shape[:2]
+    reduced_height, reduced_width = reduced_output.shape[-2:]
+    reduced_photo = cv2.resize(rgb, (reduced_width, reduced_height), interpolation=cv2.INTER_AREA)
+    edit = reduced_output[0].permute(1, 2, 0).cpu().numpy() - reduced_photo
+    full_edit = cv2.resize(edit, (width, height), interpolation=cv2.INTER_LINEAR)
+    result = np.clip(rgb + full_edit, 0.0, 1.0)
+    return torch.from_numpy(result).permute(2, 0, 1)[None].to(reduced_output.device)
+
+
+# (config key, loader): the first key present in a checkpoint's config picks how it is loaded. A
+# loader takes (checkpoint, source, device, amp, tiling) and returns an object with
+# ``predict(rgb, photo_cache) -> (1, 3, H, W)``, ``describe()`` and ``num_parameters``.
+MODEL_KINDS = (
+    ("model", NetworkModel.from_checkpoint),
+)
+
+
+class Enhancer:
+    """One model or an ensemble (the mean of the members' outputs) behind one ``enhance`` call."""
+
+    def __init__(self, members: list, device):
+        if not members:
+            raise ValueError("an Enhancer needs at least one model")
+        self.members, self.device = list(members), torch.device(device)
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(member.num_parameters for member in self.members)
+
+    def describe(self) -> str:
+        if len(self.members) == 1:
+            return self.members[0].describe()
+        return f"ensemble of {len(self.members)}: " + "; ".join(member.describe() for member in self.members)
+
+    def predict(self, rgb: np.ndarray) -> torch.Tensor:
+        """(1, 3, H, W) float32 in [0, 1] on the device for an HxWx3 float32 photo in [0, 1]."""
+        if rgb.ndim != 3 or rgb.shape[2] != 3:
+            raise ValueError(f"expected an HxWx3 RGB photo, got shape {rgb.shape}")
+        rgb = np.asarray(rgb, dtype=np.float32)
+        photo_cache = {}
+        total = None
+        for member in self.members:
+            output = member.predict(rgb, photo_cache)
+            total = output if total is None else total + output
+        return total / len(self.members) if len(self.members) > 1 else total
+
+    def enhance(self, rgb: np.ndarray) -> np.ndarray:
+        """The enhanced photo: HxWx3 float32 in [0, 1], same size as ``rgb``."""
+        return self.predict(rgb)[0].permute(1, 2, 0).cpu().numpy()
+
+
+def load_member(path, device, amp: str = "none", tiling: Tiling = None):
+    """Load one checkpoint file as an ensemble member (see :data:`MODEL_KINDS`)."""
+    checkpoint = load_checkpoint(path)
+    config = checkpoint.get("config") if isinstance(checkpoint, dict) else None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path} has no run config: enhance needs a checkpoint written by a train_*.py "
+                              "script (published weights go in through a script's --pretrained)")
+    for key, loader in MODEL_KINDS:
+        if key in config:
+            return loader(checkpoint, str(path), device, amp, tiling or Tiling())
+    raise CheckpointError(f"{path}: its config names no model (expected one of the keys "
+                          f"{', '.join(key for key, _ in MODEL_KINDS)})")
+
+
+def load_enhancer(checkpoint_paths, device="cpu", amp: str = "none", tile: int = DEFAULT_TILE,
+                  overlap: int = DEFAULT_OVERLAP, batch_size: int = DEFAULT_BATCH_SIZE) -> Enhancer:
+    """An :class:`Enhancer` for one checkpoint or an ensemble of several (see :func:`resolve_checkpoints`
+    for the paths accepted). ``amp``: 'none', 'bf16' or 'fp16' autocast for the networks;
+    ``tile`` 0 runs whole photos. Raises ``CheckpointError``/``ValueError`` with a one-line message."""
+    if amp not in AMP_MODES:
+        raise ValueError(f"--amp must be one of {', '.join(AMP_MODES)}, got {amp!r}")
+    tiling = Tiling(tile, overlap, batch_size)
+    members = [load_member(path, device, amp, tiling) for path in resolve_checkpoints(checkpoint_paths)]
+    return Enhancer(members, device)
+
+
+def add_inference_args(parser: argparse.ArgumentParser, checkpoint: str = "optional") -> None:
+    """The model and tiling flags that enhance.py, evaluate.py and report.py share; ``checkpoint``
+    says whether --checkpoint is 'required', 'optional' or not offered ('none')."""
+    group = parser.add_argument_group("model")
+    if checkpoint != "none":
+        group.add_argument("--checkpoint", nargs="+", required=checkpoint == "required", metavar="CKPT",
+                           help="a .pt file, a run folder (its best.pt, else last.pt), a folder of fold_*/ runs, "
+                                "or several of these: the mean of their outputs (an ensemble)")
+    group.add_argument("--tile", type=int, default=DEFAULT_TILE,
+                       help=f"tile size in pixels, a multiple of 8 (0: whole photos; default {DEFAULT_TILE})")
+    group.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP,
+                       help=f"pixels shared by neighbouring tiles, blended (default {DEFAULT_OVERLAP})")
+    group.add_argument("--batch-size", type=int, default=None,
+                       help=f"tiles per forward pass (default {DEFAULT_BATCH_SIZE} on CUDA, 1 on a CPU, where "
+                            "batching adds memory but no speed)")
+    group.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, ...")
+    group.add_argument("--amp", choices=AMP_MODES, default=None,
+                       help="mixed precision (default: bf16 on CUDA, none on CPU; none is the most exact)")
+
+
+def enhancer_from_args(args, checkpoints=None) -> Enhancer:
+    """The :class:`Enhancer` the flags of :func:`add_inference_args` describe (``checkpoints``
+    replaces ``--checkpoint``); prints what was loaded."""
+    device = select_device(args.device)
+    configure_backend(device)
+    batch_size = args.batch_size or (DEFAULT_BATCH_SIZE if device.type == "cuda" else 1)
+    enhancer = load_enhancer(checkpoints or args.checkpoint, device, resolve_amp(args.amp, device),
+                             tile=args.tile, overlap=args.overlap, batch_size=batch_size)
+    print(f"model: {enhancer.describe()}")
+    return enhancer
+
+
+def write_like(photo, destination, rgb: np.ndarray, quality: int = 95) -> None:
+    """Write ``rgb`` to ``destination`` (format from its extension) with the bit depth, EXIF and ICC
+    profile of ``photo``; creates the folder."""
+    metadata = read_metadata(photo)
+    Path(destination).parent.mkdir(parents=True, exist_ok=True)
+    write_image(destination, rgb, bit_depth=metadata["bit_depth"], exif=metadata["exif"],
+                icc_profile=metadata["icc_profile"], quality=quality)
