@@ -74,6 +74,7 @@ def main(argv=None):
     print(f"model: Restormer, {sum(p.numel() for p in model.parameters()):,} parameters")
     train_model = torch.compile(model) if args.compile else model
     discriminator = PatchDiscriminator(6, args.disc_channels, args.disc_layers, args.disc_norm).to(device)
+    print(f"discriminator: PatchGAN, {sum(p.numel() for p in discriminator.parameters()):,} parameters")
 
     # --- loss ---------------------------------------------------------------------------------
     adversarial = AdversarialLoss(discriminator, args.gan_loss)

@@ -5,7 +5,7 @@ Layout of pix2pix's ``NLayerDiscriminator`` (4x4 convolutions, LeakyReLU 0.2): a
 without normalisation, ``num_layers - 1`` more stride-2 convolutions doubling the width (capped at 8x),
 a stride-1 convolution, and a stride-1 convolution to one logit channel. With ``num_layers=3`` each
 logit sees a 70x70-pixel patch (the "70x70 PatchGAN"); an input of S pixels gives about S/8 - 2
-logits per side, so it needs inputs of at least 32 pixels.
+logits per side, so it needs inputs of at least 3 * 2^num_layers pixels (24 for the 70x70 PatchGAN).
 """
 import torch
 from torch import nn
@@ -29,7 +29,7 @@ class PatchDiscriminator(nn.Module):
             raise ValueError(f"PatchDiscriminator norm must be one of {NORMS}, got {norm!r}")
         if num_layers < 1:
             raise ValueError(f"PatchDiscriminator num_layers must be >= 1, got {num_layers}")
-        self.norm = norm
+        self.norm, self.min_size = norm, 3 * 2 ** num_layers
         widths = [base_channels * min(2 ** i, 8) for i in range(num_layers + 1)]
         layers = [self._conv(in_channels, widths[0], stride=2, bias=True), nn.LeakyReLU(0.2)]
         for index in range(1, num_layers + 1):
@@ -48,4 +48,7 @@ class PatchDiscriminator(nn.Module):
         return [nn.InstanceNorm2d(channels)] if self.norm == "instance" else []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if min(x.shape[-2:]) < self.min_size:
+            raise ValueError(f"PatchDiscriminator needs images of at least {self.min_size} pixels a side, got "
+                             f"{tuple(x.shape[-2:])} (raise --crop)")
         return self.body(x)

@@ -102,6 +102,9 @@ def test_patch_discriminator_shape(norm):
     discriminator = PatchDiscriminator(in_channels=6, base_channels=4, num_layers=3, norm=norm)
     assert discriminator(torch.rand(1, 6, 96, 96)).shape == (1, 1, 96 // 8 - 2, 96 // 8 - 2)
     assert discriminator(torch.rand(2, 6, 32, 40)).shape == (2, 1, 2, 3)
+    assert discriminator(torch.rand(1, 6, 24, 24)).shape == (1, 1, 1, 1)
+    with pytest.raises(ValueError, match="at least 24 pixels"):
+        discriminator(torch.rand(1, 6, 16, 24))
 
 
 def test_patch_discriminator_receptive_field_is_70():
