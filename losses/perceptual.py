@@ -50,6 +50,8 @@ def build_vgg19_features(vgg_weights=None) -> nn.Sequential:
     ``vgg_weights``: None (torchvision's cache), a file path, or ``'random'`` (see the module docstring).
     Raises FileNotFoundError naming the missing file and how to get it.
     """
+    # Only the convolutional part: torchvision's vgg19() would also build and initialise a
+    # 120M-parameter classifier that a feature loss never runs.
     features = make_layers(cfgs["E"], batch_norm=False)
     if vgg_weights == RANDOM_WEIGHTS:
         warnings.warn("--vgg-weights random: VGG19 is randomly initialised, so its perceptual/style losses "
