@@ -57,12 +57,18 @@ DEMO_BUDGET = dict(steps=150, crop=96, batch_size=4, width=16, lr=1e-3, warmup=2
 def train_fold(args, fold, train_set, val_set, criterion, side_criterion, device, fold_dir):
     """Train (or continue, under --resume) the model of fold ``fold`` in ``fold_dir``: the one loop
     every fold runs. A fold whose last.pt already reached --steps is left as it is."""
-    resume_path = fold_dir / "last.pt" if args.resume else None
-    if resume_path is not None and not resume_path.is_file():
-        resume_path = None  # this fold never saved: start it
-    if resume_path is not None and load_checkpoint(resume_path)["step"] >= args.steps:
-        print(f"fold {fold}: complete ({resume_path})")
-        return
+    resume_path = fold_dir / "last.pt"
+    if args.resume and resume_path.is_file():
+        saved = load_checkpoint(resume_path)
+        split = (saved["config"]["folds"], saved["config"]["seed"])
+        if split != (args.folds, args.seed):
+            raise ValueError(f"--resume: {resume_path} belongs to the split of --folds {split[0]} "
+                             f"--seed {split[1]}; pass the same values")
+        if saved["step"] >= args.steps:
+            print(f"fold {fold}: complete ({resume_path})")
+            return
+    else:
+        resume_path = None  # a fresh run, or a fold that never saved: start it
     fold_seed = args.seed + fold
     seed_everything(fold_seed)
 

@@ -165,6 +165,8 @@ def test_cv_writes_fold_runs_summary_and_a_working_ensemble(tiny_pairs, tmp_path
     assert [len(read_records(fold)) for fold in folds[:2]] == lines_before
     assert load_checkpoint(folds[2] / "last.pt")["step"] == 3
     assert json.loads((out / "summary.json").read_text())["per_fold"][:2] == summary["per_fold"][:2]
+    with pytest.raises(ValueError, match="belongs to the split of --folds 3 --seed 0"):
+        cv.main(argv + ["--resume", str(out), "--folds", "2"])
 
 
 def test_cv_resume_needs_the_run_folder(tiny_pairs, tmp_path):
