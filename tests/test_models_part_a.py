@@ -186,6 +186,18 @@ def test_resume_without_the_extra_modules_state_is_refused(tmp_path):
         state.resume(tmp_path / "plain.pt")
 
 
+def _leaves(state, path=""):
+    """(path, value) for every tensor / number / string inside a nested state_dict."""
+    if isinstance(state, dict):
+        for key, value in state.items():
+            yield from _leaves(value, f"{path}/{key}")
+    elif isinstance(state, (list, tuple)):
+        for index, value in enumerate(state):
+            yield from _leaves(value, f"{path}/{index}")
+    else:
+        yield path, state
+
+
 def test_adversarial_script_resumes_the_discriminator_exactly(tiny_pairs, tmp_path):
     module = load_script("train_restormer_512_adversarial")
     argv = ["--data", str(tiny_pairs), "--workers", "0", "--steps", "1", "--crop", "32", "--batch-size", "1",
@@ -193,13 +205,16 @@ def test_adversarial_script_resumes_the_discriminator_exactly(tiny_pairs, tmp_pa
             "1", "1", "--disc-channels", "4", "--style-weight", "0", "--num-samples", "0", "--out", str(tmp_path)]
     module.main(argv)
     saved = torch.load(tmp_path / "last.pt", map_location="cpu", weights_only=False)["extra"]["modules"]
-    assert set(saved) == {"discriminator", "disc_optimizer", "disc_scheduler", "disc_scaler"}
     run = module.main(argv + ["--resume", str(tmp_path)])  # already at --steps: restores, trains nothing
-    restored = run.state.extra_modules
-    discriminator = restored["discriminator"].state_dict()
-    assert all(torch.equal(discriminator[k], saved["discriminator"][k]) for k in saved["discriminator"])
-    assert restored["disc_scheduler"].last_epoch == saved["disc_scheduler"]["last_epoch"] == 1
-    assert restored["disc_optimizer"].state_dict()["state"].keys() == saved["disc_optimizer"]["state"].keys()
+    restored = {name: obj.state_dict() for name, obj in run.state.extra_modules.items()}
+    assert "discriminator" in saved and set(restored) == set(saved)
+    saved_leaves, restored_leaves = dict(_leaves(saved)), dict(_leaves(restored))
+    assert saved_leaves.keys() == restored_leaves.keys()
+    for path, value in saved_leaves.items():
+        restored_value = restored_leaves[path]
+        assert torch.equal(value, restored_value) if torch.is_tensor(value) else value == restored_value, path
+    # what was saved is the trained discriminator's optimizer (Adam moments after one step), not a fresh one
+    assert any(path.endswith("exp_avg") for path in saved_leaves)
 
 
 def test_production_checkpoint_enhances_within_its_bounds(tiny_pairs, tmp_path):
