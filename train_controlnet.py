@@ -22,12 +22,11 @@ import torch
 
 from data.build import build_datasets
 from data.loaders import train_batches, val_loader
-from models.controlnet import (SD21_BASE, SeededSamples, add_controlnet_args, build_enhancer, controlnet_run_config,
-                               diffusion_loss, setup_controlnet_training)
+from models.controlnet import (SD21_BASE, SeededSamples, add_controlnet_args, build_enhancer,
+                               controlnet_run_config, diffusion_loss, setup_controlnet_training)
 from utils.cli import base_parser, parse_args, run_cli
-from utils.run import RunFolder, setup
-from utils.training import (EMA, LossTracker, TrainingState, TrainStep, autocast, build_optimizer,
-                            cosine_with_warmup, make_grad_scaler)
+from utils.run import Run, setup
+from utils.training import TrainingState, autocast, make_train_step
 
 # No --data and no GPU: a few hundred small steps, so the demo shows the loop within minutes (the
 # real SD 2.1 weights are still needed).
@@ -56,30 +55,19 @@ def main(argv=None):
     train_controlnet = torch.compile(controlnet) if args.compile else controlnet
 
     # --- optimizer ----------------------------------------------------------------------------
-    optimizer = build_optimizer(controlnet, args.lr, args.weight_decay)
-    scheduler = cosine_with_warmup(optimizer, args.warmup, args.steps)
-    scaler = make_grad_scaler(args.amp, device)
-    ema = EMA(controlnet, args.ema) if args.ema > 0 else None
-    train_step = TrainStep(optimizer, scheduler, scaler, args.grad_clip)
-    state = TrainingState(model=controlnet, optimizer=optimizer, scheduler=scheduler, scaler=scaler, ema=ema,
-                          config=controlnet_run_config(args, sd, controlnet))
+    train_step = make_train_step(controlnet, args, device)
+    state = TrainingState(model=controlnet, train_step=train_step, config=controlnet_run_config(args, sd, controlnet))
 
     # --- resume -------------------------------------------------------------------------------
-    step, extra = state.resume(args.resume) if args.resume else (0, {})
-    run = RunFolder(run_dir, args, state, best_psnr=extra.get("best_psnr", float("-inf")))
-    batches = train_batches(SeededSamples(train_set), args.batch_size, args.seed,
-                            start_step=step * args.grad_accum, workers=args.workers, pin_memory=device.type == "cuda")
-    val_batches = val_loader(val_set, workers=min(args.workers, 2))
-    if step == 0:
-        run.log_identity(val_batches, device)
-    eval_model = build_enhancer(sd, ema.module if ema is not None else controlnet, prompts,
-                                args.denoise_steps, args.guidance_scale, args.seed)
+    # validation renders photos with the pipeline around the trained (EMA) ControlNet
+    enhancer = build_enhancer(sd, state.eval_model, prompts, args.denoise_steps, args.guidance_scale, args.seed)
+    run = Run(args, state, device, eval_model=enhancer)
+    batches = train_batches(SeededSamples(train_set), args.batch_size, args.seed, start_step=run.step * args.grad_accum,
+                            workers=args.workers, pin_memory=device.type == "cuda")
 
     # --- loop: the denoising loss of the edited photo's latents, --grad-accum micro-batches per step
-    tracker = LossTracker()
-    run.progress(step)
-    try:
-        while step < args.steps:
+    with run.training(val_loader(val_set, workers=min(args.workers, 2))):
+        while run.step < args.steps:
             total = 0.0
             for micro_step in range(args.grad_accum):
                 batch = next(batches)
@@ -92,18 +80,10 @@ def main(argv=None):
                 loss = loss / args.grad_accum
                 total = total + loss.detach()
                 if micro_step < args.grad_accum - 1:
-                    scaler.scale(loss).backward()
+                    train_step.accumulate(loss)
             train_step(loss)
-            if ema is not None:
-                ema.update(controlnet)
-            tracker.update({"loss": total})
-            step += 1
             # --- validation (pipeline renders) / checkpoint of the ControlNet ----------------------
-            run.end_step(step, tracker, train_step, eval_model, val_batches, device)
-    except KeyboardInterrupt:
-        run.interrupted(step)
-    finally:
-        run.close()
+            run.end_step({"loss": total})
     return run
 
 

@@ -30,11 +30,12 @@ import torch
 
 from data.build import build_datasets
 from data.loaders import train_batches, val_loader
-from models.controlnet import (SD21, LatentCache, add_controlnet_args, build_controlnet_optimizer, build_enhancer,
-                               controlnet_run_config, diffusion_loss, setup_controlnet_training)
+from models.controlnet import (LatentCache, SD21, add_controlnet_args, build_controlnet_optimizer,
+                               build_enhancer, controlnet_run_config, diffusion_loss,
+                               setup_controlnet_training)
 from utils.cli import base_parser, parse_args, run_cli
-from utils.run import RunFolder, setup
-from utils.training import EMA, LossTracker, TrainingState, TrainStep, autocast, cosine_with_warmup, make_grad_scaler
+from utils.run import Run, setup
+from utils.training import EMA, TrainStep, TrainingState, autocast, cosine_with_warmup, make_grad_scaler
 
 # No --data and no GPU: small windows and few steps (the real SD 2.1 weights are still needed).
 DEMO_BUDGET = dict(steps=200, crop=128, val_crop=128, batch_size=1, grad_accum=1, lr=1e-5, warmup=20,
@@ -71,29 +72,21 @@ def main(argv=None):
     optimizer, optimizer_name = build_controlnet_optimizer(controlnet, args.lr, args.weight_decay, args.adam8bit)
     print(f"model: ControlNet, {sum(p.numel() for p in controlnet.parameters()):,} trainable parameters "
           f"({optimizer_name}); {sd.describe()}")
-    scheduler = cosine_with_warmup(optimizer, args.warmup, args.steps)
-    scaler = make_grad_scaler(args.amp, device)
     ema = EMA(controlnet, args.ema) if args.ema > 0 else None
-    train_step = TrainStep(optimizer, scheduler, scaler, args.grad_clip)
-    state = TrainingState(model=controlnet, optimizer=optimizer, scheduler=scheduler, scaler=scaler, ema=ema,
-                          config=controlnet_run_config(args, sd, controlnet))
+    train_step = TrainStep(optimizer, cosine_with_warmup(optimizer, args.warmup, args.steps),
+                           make_grad_scaler(args.amp, device), args.grad_clip, ema=ema)
+    state = TrainingState(model=controlnet, train_step=train_step, config=controlnet_run_config(args, sd, controlnet))
 
     # --- resume -------------------------------------------------------------------------------
-    step, extra = state.resume(args.resume) if args.resume else (0, {})
-    run = RunFolder(run_dir, args, state, best_psnr=extra.get("best_psnr", float("-inf")))
+    # validation renders photos with the pipeline around the trained (EMA) ControlNet
+    enhancer = build_enhancer(sd, state.eval_model, prompts, args.denoise_steps, args.guidance_scale, args.seed)
+    run = Run(args, state, device, eval_model=enhancer)
     # The cache is in memory already: no worker processes.
-    batches = train_batches(windows, args.batch_size, args.seed, start_step=step * args.grad_accum, workers=0)
-    val_batches = val_loader(val_set, workers=min(args.workers, 2))
-    if step == 0:
-        run.log_identity(val_batches, device)
-    eval_model = build_enhancer(sd, ema.module if ema is not None else controlnet, prompts,
-                                args.denoise_steps, args.guidance_scale, args.seed)
+    batches = train_batches(windows, args.batch_size, args.seed, start_step=run.step * args.grad_accum, workers=0)
 
     # --- loop: the denoising loss of a fresh draw from each window's cached latent posterior -----
-    tracker = LossTracker()
-    run.progress(step)
-    try:
-        while step < args.steps:
+    with run.training(val_loader(val_set, workers=min(args.workers, 2))):
+        while run.step < args.steps:
             total = 0.0
             for micro_step in range(args.grad_accum):
                 batch = next(batches)
@@ -106,18 +99,10 @@ def main(argv=None):
                 loss = loss / args.grad_accum
                 total = total + loss.detach()
                 if micro_step < args.grad_accum - 1:
-                    scaler.scale(loss).backward()
+                    train_step.accumulate(loss)
             train_step(loss)
-            if ema is not None:
-                ema.update(controlnet)
-            tracker.update({"loss": total})
-            step += 1
             # --- validation (pipeline renders) / checkpoint of the ControlNet ----------------------
-            run.end_step(step, tracker, train_step, eval_model, val_batches, device)
-    except KeyboardInterrupt:
-        run.interrupted(step)
-    finally:
-        run.close()
+            run.end_step({"loss": total})
     return run
 
 

@@ -24,23 +24,19 @@ CPU smoke test (seconds):
         --num-blocks 1 1 1 1 --num-refinement-blocks 1 --heads 1 1 1 1 --val-every 2 --vgg-weights random \
         --out /tmp/smoke
 """
-import argparse
-import json
-from pathlib import Path
 
 import torch
 
-from data.folds import FOLD_METRICS, build_fold_datasets, summarize_folds
+from data.folds import build_fold_datasets, fold_resume_path, resume_folder, write_fold_summary
 from data.loaders import train_batches, val_loader
 from losses import CombinedLoss, L1Loss
 from losses.perceptual import VGGPerceptualLoss, add_vgg_args
 from losses.structural import SSIMLoss
 from models.zero_conv import ZeroConvRestormer
-from utils.checkpoint import load_checkpoint, model_spec
+from utils.checkpoint import model_spec
 from utils.cli import add_restormer_args, base_parser, parse_args, restormer_kwargs, run_cli
-from utils.run import RunFolder, setup
-from utils.training import (EMA, LossTracker, TrainingState, TrainStep, autocast, build_optimizer,
-                            cosine_with_warmup, make_grad_scaler, seed_everything)
+from utils.run import Run, setup
+from utils.training import TrainingState, autocast, make_train_step, seed_everything
 
 # Fine-tuning a pretrained model: a lower peak lr than training from scratch, a short warm-up.
 RECIPE = dict(lr=1e-4, steps=10_000, warmup=200)
@@ -53,9 +49,8 @@ DEMO_BUDGET = dict(steps=150, crop=96, batch_size=4, dim=16, num_blocks=[1, 2, 2
 def train_fold(args, fold, train_set, val_set, criterion, device, fold_dir):
     """Train (or continue, under --resume) fold ``fold`` in ``fold_dir``; a fold whose last.pt already
     reached --steps is left as it is."""
-    resume_path = fold_dir / "last.pt" if args.resume and (fold_dir / "last.pt").is_file() else None
-    if resume_path is not None and load_checkpoint(resume_path)["step"] >= args.steps:
-        print(f"fold {fold}: complete ({resume_path})")
+    resume_path, complete = fold_resume_path(args, fold, fold_dir)
+    if complete:
         return
     # --- model: locked pretrained Restormer + trainable encoder copy through zero convolutions --
     # Every fold starts from the same model: the pretrained one (without --pretrained, the same random one).
@@ -75,33 +70,19 @@ def train_fold(args, fold, train_set, val_set, criterion, device, fold_dir):
     train_model = torch.compile(model) if args.compile else model
 
     # --- optimizer ----------------------------------------------------------------------------
-    optimizer = build_optimizer(model, args.lr, args.weight_decay)
-    scheduler = cosine_with_warmup(optimizer, args.warmup, args.steps)
-    scaler = make_grad_scaler(args.amp, device)
-    ema = EMA(model, args.ema) if args.ema > 0 else None
-    train_step = TrainStep(optimizer, scheduler, scaler, args.grad_clip)
+    train_step = make_train_step(model, args, device)
     config = {**vars(args), "fold": fold, "fold_seed": fold_seed, "model": model_spec(model, model_kwargs)}
-    state = TrainingState(model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
-                          ema=ema, config=config)
+    state = TrainingState(model=model, train_step=train_step, config=config)
 
     # --- resume -------------------------------------------------------------------------------
-    step, extra = state.resume(resume_path) if resume_path is not None else (0, {})
-    fold_args = argparse.Namespace(**{**vars(args), "script": f"{args.script} fold {fold}/{args.folds}"})
-    fold_dir.mkdir(parents=True, exist_ok=True)
-    run = RunFolder(fold_dir, fold_args, state, best_psnr=extra.get("best_psnr", float("-inf")))
-    batches = train_batches(train_set, args.batch_size, fold_seed, start_step=step,
+    run = Run(args, state, device, run_dir=fold_dir, resume=resume_path or False,
+              name=f"{args.script} fold {fold}/{args.folds}")
+    batches = train_batches(train_set, args.batch_size, fold_seed, start_step=run.step,
                             workers=args.workers, pin_memory=device.type == "cuda")
-    val_batches = val_loader(val_set, workers=min(args.workers, 2))
-    if step == 0:
-        run.log_identity(val_batches, device)
-    eval_model = ema.module if ema is not None else model
 
     # --- loop ---------------------------------------------------------------------------------
-    tracker = LossTracker()
-    run.progress(step)
-    model.train()
-    try:
-        while step < args.steps:
+    with run.training(val_loader(val_set, workers=min(args.workers, 2))):
+        while run.step < args.steps:
             batch = next(batches)
             inp = batch["input"].to(device, non_blocking=True)
             target = batch["target"].to(device, non_blocking=True)
@@ -109,16 +90,8 @@ def train_fold(args, fold, train_set, val_set, criterion, device, fold_dir):
                 pred = train_model(inp)
             losses = criterion(pred.float(), target, inp)
             train_step(losses["loss"])
-            if ema is not None:
-                ema.update(model)
-            tracker.update(losses)
-            step += 1
-            # --- validation / checkpoint (at --log-every / --val-every / --save-every) --------------
-            run.end_step(step, tracker, train_step, eval_model, val_batches, device)
-    except KeyboardInterrupt:
-        run.interrupted(step)
-    finally:
-        run.close()
+            # --- validation / checkpoint: logged, validated and saved at their intervals ----------
+            run.end_step(losses)
 
 
 def main(argv=None):
@@ -131,10 +104,7 @@ def main(argv=None):
     parser.add_argument("--perceptual-weight", type=float, default=0.1, help="VGG19 feature L1")
     parser.add_argument("--ssim-weight", type=float, default=0.2, help="1 - SSIM")
     args = parse_args(parser, argv, DEMO_BUDGET, script="train_controlnet_restormer_cv")
-    if args.resume:
-        if not list(Path(args.resume).glob("fold_*/last.pt")):
-            raise ValueError(f"--resume {args.resume}: not a cross-validation run folder (no fold_*/last.pt in it)")
-        args.out = args.resume  # the folds continue where they are, beside the finished ones
+    resume_folder(args)  # --resume OUT continues the unfinished folds in OUT
 
     # --- setup --------------------------------------------------------------------------------
     device, run_dir = setup(args)
@@ -155,20 +125,7 @@ def main(argv=None):
         train_fold(args, fold, train_set, val_set, criterion, device, run_dir / f"fold_{fold}")
 
     # --- summary: each fold's best.pt on its own validation fold ------------------------------
-    per_fold = []
-    for fold, (_, val_set) in enumerate(folds, start=1):
-        best = load_checkpoint(run_dir / f"fold_{fold}" / "best.pt")
-        per_fold.append({"fold": fold, "step": best["step"], "val_pairs": len(val_set),
-                         **{name: best["extra"]["val"][name] for name in FOLD_METRICS}})
-    summary = {"folds": args.folds, "steps": args.steps, "seed": args.seed, "per_fold": per_fold,
-               **summarize_folds(per_fold)}
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    mean, std = summary["mean"], summary["std"]
-    print(f"cross-validation ({args.folds} folds, best.pt of each): PSNR {mean['psnr']:.2f} ± {std['psnr']:.2f} dB, "
-          f"SSIM {mean['ssim']:.4f} ± {std['ssim']:.4f}, L1 {mean['l1']:.4f} ± {std['l1']:.4f}; "
-          f"ensemble: enhance.py / evaluate.py --checkpoint {run_dir}")
-    return summary
-
+    return write_fold_summary(run_dir, folds, args)
 
 if __name__ == "__main__":
     run_cli(main)

@@ -28,24 +28,19 @@ CPU smoke test (seconds):
         --dec-blocks 1 1 1 --middle-blocks-enc 1 --middle-blocks-dec 1 --side-weight 0.5 --val-every 2 \
         --vgg-weights random --out /tmp/smoke
 """
-import argparse
-import json
-from pathlib import Path
 
-import torch
 
-from data.folds import FOLD_METRICS, build_fold_datasets, summarize_folds
+from data.folds import build_fold_datasets, fold_resume_path, resume_folder, write_fold_summary
 from data.loaders import train_batches, val_loader
 from losses import CombinedLoss, L1Loss
 from losses.perceptual import VGGPerceptualLoss, add_vgg_args
 from losses.side_output import SideOutputLoss
 from losses.structural import SSIMLoss
 from models.darkir import DarkIR
-from utils.checkpoint import load_checkpoint, load_pretrained, model_spec
+from utils.checkpoint import model_spec
 from utils.cli import add_darkir_args, base_parser, darkir_kwargs, parse_args, run_cli
-from utils.run import RunFolder, setup
-from utils.training import (EMA, LossTracker, TrainingState, TrainStep, autocast, build_optimizer,
-                            cosine_with_warmup, make_grad_scaler, seed_everything)
+from utils.run import Run, prepare_model, setup
+from utils.training import TrainingState, autocast, make_train_step, seed_everything
 
 # DarkIR's official optimizer settings (cidautai/DarkIR options/train/*.yml).
 RECIPE = dict(lr=5e-4, weight_decay=1e-3, grad_clip=0.0)
@@ -57,58 +52,32 @@ DEMO_BUDGET = dict(steps=150, crop=96, batch_size=4, width=16, lr=1e-3, warmup=2
 def train_fold(args, fold, train_set, val_set, criterion, side_criterion, device, fold_dir):
     """Train (or continue, under --resume) the model of fold ``fold`` in ``fold_dir``: the one loop
     every fold runs. A fold whose last.pt already reached --steps is left as it is."""
-    resume_path = fold_dir / "last.pt"
-    if args.resume and resume_path.is_file():
-        saved = load_checkpoint(resume_path)
-        split = (saved["config"]["folds"], saved["config"]["seed"])
-        if split != (args.folds, args.seed):
-            raise ValueError(f"--resume: {resume_path} belongs to the split of --folds {split[0]} "
-                             f"--seed {split[1]}; pass the same values")
-        if saved["step"] >= args.steps:
-            print(f"fold {fold}: complete ({resume_path})")
-            return
-    else:
-        resume_path = None  # a fresh run, or a fold that never saved: start it
+    resume_path, complete = fold_resume_path(args, fold, fold_dir)
+    if complete:
+        return
     fold_seed = args.seed + fold
     seed_everything(fold_seed)
 
     # --- model --------------------------------------------------------------------------------
     model_kwargs = darkir_kwargs(args)
-    model = DarkIR(**model_kwargs).to(device)
-    if args.pretrained:
-        load_pretrained(model, args.pretrained)
-    print(f"fold {fold}/{args.folds}: DarkIR, {sum(p.numel() for p in model.parameters()):,} parameters, "
-          f"{len(train_set)} training / {len(val_set)} validation pairs")
-    train_model = torch.compile(model) if args.compile else model
+    model = DarkIR(**model_kwargs)
+    train_model = prepare_model(model, args, device, f"DarkIR, fold {fold}/{args.folds}")
+    print(f"fold {fold}/{args.folds}: {len(train_set)} training / {len(val_set)} validation pairs")
 
     # --- optimizer ----------------------------------------------------------------------------
-    optimizer = build_optimizer(model, args.lr, args.weight_decay)
-    scheduler = cosine_with_warmup(optimizer, args.warmup, args.steps)
-    scaler = make_grad_scaler(args.amp, device)
-    ema = EMA(model, args.ema) if args.ema > 0 else None
-    train_step = TrainStep(optimizer, scheduler, scaler, args.grad_clip)
+    train_step = make_train_step(model, args, device)
     config = {**vars(args), "fold": fold, "fold_seed": fold_seed, "model": model_spec(model, model_kwargs)}
-    state = TrainingState(model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
-                          ema=ema, config=config)
+    state = TrainingState(model=model, train_step=train_step, config=config)
 
     # --- resume -------------------------------------------------------------------------------
-    step, extra = state.resume(resume_path) if resume_path is not None else (0, {})
-    fold_args = argparse.Namespace(**{**vars(args), "script": f"{args.script} fold {fold}/{args.folds}"})
-    fold_dir.mkdir(parents=True, exist_ok=True)
-    run = RunFolder(fold_dir, fold_args, state, best_psnr=extra.get("best_psnr", float("-inf")))
-    batches = train_batches(train_set, args.batch_size, fold_seed, start_step=step,
+    run = Run(args, state, device, run_dir=fold_dir, resume=resume_path or False,
+              name=f"{args.script} fold {fold}/{args.folds}")
+    batches = train_batches(train_set, args.batch_size, fold_seed, start_step=run.step,
                             workers=args.workers, pin_memory=device.type == "cuda")
-    val_batches = val_loader(val_set, workers=min(args.workers, 2))
-    if step == 0:
-        run.log_identity(val_batches, device)
-    eval_model = ema.module if ema is not None else model
 
     # --- loop ---------------------------------------------------------------------------------
-    tracker = LossTracker()
-    run.progress(step)
-    model.train()
-    try:
-        while step < args.steps:
+    with run.training(val_loader(val_set, workers=min(args.workers, 2))):
+        while run.step < args.steps:
             batch = next(batches)
             inp = batch["input"].to(device, non_blocking=True)
             target = batch["target"].to(device, non_blocking=True)
@@ -120,16 +89,8 @@ def train_fold(args, fold, train_set, val_set, criterion, side_criterion, device
                 losses["loss"] = losses["loss"] + args.side_weight * side_value
                 losses["side"] = side_value.detach()
             train_step(losses["loss"])
-            if ema is not None:
-                ema.update(model)
-            tracker.update(losses)
-            step += 1
-            # --- validation / checkpoint (at --log-every / --val-every / --save-every) --------------
-            run.end_step(step, tracker, train_step, eval_model, val_batches, device)
-    except KeyboardInterrupt:
-        run.interrupted(step)
-    finally:
-        run.close()
+            # --- validation / checkpoint: logged, validated and saved at their intervals ----------
+            run.end_step(losses)
 
 
 def main(argv=None):
@@ -144,10 +105,7 @@ def main(argv=None):
     parser.add_argument("--side-weight", type=float, default=0.0,
                         help="L1 of DarkIR's 1/8-scale side output against the downscaled target (0: off)")
     args = parse_args(parser, argv, DEMO_BUDGET, script="train_darkir_cv")
-    if args.resume:
-        if not list(Path(args.resume).glob("fold_*/last.pt")):
-            raise ValueError(f"--resume {args.resume}: not a cross-validation run folder (no fold_*/last.pt)")
-        args.out = args.resume  # the folds continue where they are, beside the finished ones
+    resume_folder(args)  # --resume OUT continues the unfinished folds in OUT
 
     # --- setup --------------------------------------------------------------------------------
     device, run_dir = setup(args)
@@ -169,21 +127,8 @@ def main(argv=None):
     for fold, (train_set, val_set) in enumerate(folds, start=1):
         train_fold(args, fold, train_set, val_set, criterion, side_criterion, device, run_dir / f"fold_{fold}")
 
-    # --- summary ------------------------------------------------------------------------------
-    per_fold = []
-    for fold, (_, val_set) in enumerate(folds, start=1):
-        best = load_checkpoint(run_dir / f"fold_{fold}" / "best.pt")
-        per_fold.append({"fold": fold, "step": best["step"], "val_pairs": len(val_set),
-                         **{name: best["extra"]["val"][name] for name in FOLD_METRICS}})
-    summary = {"folds": args.folds, "steps": args.steps, "seed": args.seed, "per_fold": per_fold,
-               **summarize_folds(per_fold)}
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    mean, std = summary["mean"], summary["std"]
-    print(f"cross-validation ({args.folds} folds, best.pt of each): "
-          f"PSNR {mean['psnr']:.2f} ± {std['psnr']:.2f} dB, SSIM {mean['ssim']:.4f} ± {std['ssim']:.4f}, "
-          f"L1 {mean['l1']:.4f} ± {std['l1']:.4f}; the ensemble: enhance.py / evaluate.py --checkpoint {run_dir}")
-    return summary
-
+    # --- summary: each fold's best.pt on its own validation fold ------------------------------
+    return write_fold_summary(run_dir, folds, args)
 
 if __name__ == "__main__":
     run_cli(main)

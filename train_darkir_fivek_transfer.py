@@ -32,7 +32,6 @@ CPU smoke test (seconds):
 """
 import argparse
 
-import torch
 
 from data.build import build_datasets
 from data.loaders import train_batches, val_loader
@@ -41,11 +40,10 @@ from losses import CombinedLoss, L1Loss, WindowAwareLoss
 from losses.side_output import SideOutputLoss
 from losses.window import WINDOW_SOFTNESS, WINDOW_THRESHOLD
 from models.darkir import DarkIR
-from utils.checkpoint import CheckpointError, load_checkpoint, load_pretrained, model_spec
+from utils.checkpoint import CheckpointError, load_checkpoint, model_spec
 from utils.cli import add_darkir_args, base_parser, darkir_kwargs, parse_args, run_cli
-from utils.run import RunFolder, setup
-from utils.training import (EMA, LossTracker, TrainingState, TrainStep, autocast, build_optimizer,
-                            cosine_with_warmup, make_grad_scaler)
+from utils.run import Run, prepare_model, setup
+from utils.training import TrainingState, autocast, make_train_step
 
 PHASES = ("pretrain", "finetune")
 # FiveK's expert retouches export as expertA ... expertE; expert C is the usual reference.
@@ -73,35 +71,24 @@ def train_phase(phase, args, model, train_model, criterion, side_criterion, devi
     train_set, val_set = build_datasets(data_args, target_aliases=FIVEK_TARGET_ALIASES if pretrain else None)
 
     # --- optimizer (fresh for each phase) -------------------------------------------------------
-    optimizer = build_optimizer(model, lr, args.weight_decay)
-    scheduler = cosine_with_warmup(optimizer, warmup, end - start)
-    scaler = make_grad_scaler(args.amp, device)
-    ema = EMA(model, args.ema) if args.ema > 0 else None
-    train_step = TrainStep(optimizer, scheduler, scaler, args.grad_clip)
+    train_step = make_train_step(model, args, device, lr=lr, warmup=warmup, total_steps=end - start)
     config = {**vars(args), "phase": phase, "model": model_spec(model, darkir_kwargs(args))}
-    state = TrainingState(model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
-                          ema=ema, config=config)
+    state = TrainingState(model=model, train_step=train_step, config=config)
 
     # --- resume -------------------------------------------------------------------------------
-    step, extra = state.resume(resume_path) if resume_path is not None else (start, {})
-    if ema is not None:
-        ema.num_updates = step - start  # the EMA warm-up restarts with each phase
-    phase_args = argparse.Namespace(**{**vars(args), "steps": end, "script": f"{args.script} ({phase})"})
-    run = RunFolder(run_dir, phase_args, state, best_psnr=extra.get("best_psnr", float("-inf")))
-    batches = train_batches(train_set, args.batch_size, args.seed, start_step=step - start,
+    phase_args = argparse.Namespace(**{**vars(args), "steps": end})
+    run = Run(phase_args, state, device, run_dir=run_dir, resume=resume_path or False,
+              name=f"{args.script} ({phase})", start_step=start)
+    if state.ema is not None:
+        state.ema.num_updates = run.step - start  # the EMA warm-up restarts with each phase
+    batches = train_batches(train_set, args.batch_size, args.seed, start_step=run.step - start,
                             workers=args.workers, pin_memory=device.type == "cuda")
-    val_batches = val_loader(val_set, workers=min(args.workers, 2))
-    if step == start:
-        run.logger.log(step, "phase", {"phase": phase, "data": data_args.data, "lr": lr, "end_step": end})
-        run.log_identity(val_batches, device)
-    eval_model = ema.module if ema is not None else model
+    if run.fresh:
+        run.logger.log(start, "phase", {"phase": phase, "data": data_args.data, "lr": lr, "end_step": end})
 
     # --- loop ---------------------------------------------------------------------------------
-    tracker = LossTracker()
-    run.progress(step)
-    model.train()
-    try:
-        while step < end:
+    with run.training(val_loader(val_set, workers=min(args.workers, 2))):
+        while run.step < end:
             batch = next(batches)
             inp = batch["input"].to(device, non_blocking=True)
             target = batch["target"].to(device, non_blocking=True)
@@ -113,22 +100,14 @@ def train_phase(phase, args, model, train_model, criterion, side_criterion, devi
                 losses["loss"] = losses["loss"] + args.side_weight * side_value
                 losses["side"] = side_value.detach()
             train_step(losses["loss"])
-            if ema is not None:
-                ema.update(model)
-            tracker.update(losses)
-            step += 1
-            # --- validation / checkpoint (at --log-every / --val-every / --save-every) --------------
-            run.end_step(step, tracker, train_step, eval_model, val_batches, device)
-    except KeyboardInterrupt:
-        run.interrupted(step)
-    finally:
-        run.close()
+            # --- validation / checkpoint: logged, validated and saved at their intervals ----------
+            run.end_step(losses)
     if pretrain:  # phase 1's final and best checkpoints stay beside the fine-tuning's (safe to redo)
-        state.save(run_dir / "pretrain_last.pt", step, extra=run.extra())
+        state.save(run_dir / "pretrain_last.pt", run.step, extra=run.checkpoint_extra())
         best = run_dir / "best.pt"
         if best.is_file() and load_checkpoint(best)["config"]["phase"] == "pretrain":
             best.replace(run_dir / "pretrain_best.pt")
-    return eval_model
+    return state.eval_model
 
 
 def main(argv=None):
@@ -162,11 +141,8 @@ def main(argv=None):
     device, run_dir = setup(args)
 
     # --- model --------------------------------------------------------------------------------
-    model = DarkIR(**darkir_kwargs(args)).to(device)
-    if args.pretrained:
-        load_pretrained(model, args.pretrained)
-    print(f"model: DarkIR, {sum(p.numel() for p in model.parameters()):,} parameters")
-    train_model = torch.compile(model) if args.compile else model
+    model = DarkIR(**darkir_kwargs(args))
+    train_model = prepare_model(model, args, device, "DarkIR")
 
     # --- loss ---------------------------------------------------------------------------------
     criterion = CombinedLoss({

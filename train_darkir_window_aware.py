@@ -18,7 +18,6 @@ CPU smoke test (seconds):
         --dec-blocks 1 1 1 --middle-blocks-enc 1 --middle-blocks-dec 1 --side-weight 0.5 --val-every 2 \
         --out /tmp/smoke
 """
-import torch
 
 from data.build import build_datasets
 from data.loaders import train_batches, val_loader
@@ -26,11 +25,10 @@ from losses import CombinedLoss, L1Loss, WindowAwareLoss
 from losses.side_output import SideOutputLoss
 from losses.window import WINDOW_SOFTNESS, WINDOW_THRESHOLD
 from models.darkir import DarkIR
-from utils.checkpoint import load_pretrained, model_spec
+from utils.checkpoint import model_spec
 from utils.cli import add_darkir_args, base_parser, darkir_kwargs, parse_args, run_cli
-from utils.run import RunFolder, setup
-from utils.training import (EMA, LossTracker, TrainingState, TrainStep, autocast, build_optimizer,
-                            cosine_with_warmup, make_grad_scaler)
+from utils.run import Run, prepare_model, setup
+from utils.training import TrainingState, autocast, make_train_step
 
 # DarkIR's official optimizer settings (cidautai/DarkIR options/train/*.yml).
 RECIPE = dict(lr=5e-4, weight_decay=1e-3, grad_clip=0.0)
@@ -60,11 +58,8 @@ def main(argv=None):
 
     # --- model --------------------------------------------------------------------------------
     model_kwargs = darkir_kwargs(args)
-    model = DarkIR(**model_kwargs).to(device)
-    if args.pretrained:
-        load_pretrained(model, args.pretrained)
-    print(f"model: DarkIR, {sum(p.numel() for p in model.parameters()):,} parameters")
-    train_model = torch.compile(model) if args.compile else model
+    model = DarkIR(**model_kwargs)
+    train_model = prepare_model(model, args, device, "DarkIR")
 
     # --- loss ---------------------------------------------------------------------------------
     criterion = CombinedLoss({
@@ -73,32 +68,19 @@ def main(argv=None):
     })
     side_criterion = SideOutputLoss()
 
-    # --- optimizer ----------------------------------------------------------------------------
-    optimizer = build_optimizer(model, args.lr, args.weight_decay)
-    scheduler = cosine_with_warmup(optimizer, args.warmup, args.steps)
-    scaler = make_grad_scaler(args.amp, device)
-    ema = EMA(model, args.ema) if args.ema > 0 else None
-    train_step = TrainStep(optimizer, scheduler, scaler, args.grad_clip)
+    # --- optimizer: AdamW + cosine warm-up, EMA, fp16 loss scaling, clipping, non-finite guard ----
+    train_step = make_train_step(model, args, device)
     config = {**vars(args), "model": model_spec(model, model_kwargs)}
-    state = TrainingState(model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
-                          ema=ema, config=config)
+    state = TrainingState(model=model, train_step=train_step, config=config)
 
     # --- resume -------------------------------------------------------------------------------
-    step, extra = state.resume(args.resume) if args.resume else (0, {})
-    run = RunFolder(run_dir, args, state, best_psnr=extra.get("best_psnr", float("-inf")))
-    batches = train_batches(train_set, args.batch_size, args.seed, start_step=step,
+    run = Run(args, state, device)
+    batches = train_batches(train_set, args.batch_size, args.seed, start_step=run.step,
                             workers=args.workers, pin_memory=device.type == "cuda")
-    val_batches = val_loader(val_set, workers=min(args.workers, 2))
-    if step == 0:
-        run.log_identity(val_batches, device)
-    eval_model = ema.module if ema is not None else model
 
     # --- loop ---------------------------------------------------------------------------------
-    tracker = LossTracker()
-    run.progress(step)
-    model.train()
-    try:
-        while step < args.steps:
+    with run.training(val_loader(val_set, workers=min(args.workers, 2))):
+        while run.step < args.steps:
             batch = next(batches)
             inp = batch["input"].to(device, non_blocking=True)
             target = batch["target"].to(device, non_blocking=True)
@@ -110,16 +92,8 @@ def main(argv=None):
                 losses["loss"] = losses["loss"] + args.side_weight * side_value
                 losses["side"] = side_value.detach()
             train_step(losses["loss"])
-            if ema is not None:
-                ema.update(model)
-            tracker.update(losses)
-            step += 1
-            # --- validation / checkpoint (at --log-every / --val-every / --save-every) --------------
-            run.end_step(step, tracker, train_step, eval_model, val_batches, device)
-    except KeyboardInterrupt:
-        run.interrupted(step)
-    finally:
-        run.close()
+            # --- validation / checkpoint: logged, validated and saved at their intervals ----------
+            run.end_step(losses)
     return run
 
 

@@ -16,20 +16,20 @@ CPU smoke test (seconds):
     python train_multi_feature.py --steps 4 --crop 32 --batch-size 2 --dim 8 \
         --num-blocks 1 1 1 1 --num-refinement-blocks 1 --heads 1 1 1 1 --val-every 2 --out /tmp/smoke
 """
-import torch
+from functools import partial
+
 
 from data.depth_dataset import add_feature_args, build_feature_datasets, model_inputs_for
 from data.features import FEATURE_SPECS, num_input_channels
 from data.loaders import train_batches, val_loader
 from losses import CombinedLoss
-from losses.delta import DELTA_SOFTNESS, DELTA_THRESHOLD, FIX_WEIGHT, PRESERVE_WEIGHT, DeltaAwareLoss
+from losses.delta import add_delta_args, delta_loss_from_args
 from models.expand import load_pretrained_expanding
 from models.restormer import Restormer
 from utils.checkpoint import model_spec
 from utils.cli import add_restormer_args, base_parser, parse_args, restormer_kwargs, run_cli
-from utils.run import RunFolder, setup
-from utils.training import (EMA, LossTracker, TrainingState, TrainStep, autocast, build_optimizer,
-                            cosine_with_warmup, make_grad_scaler)
+from utils.run import Run, prepare_model, setup
+from utils.training import TrainingState, autocast, make_train_step
 
 INPUT_FEATURES = FEATURE_SPECS["multi_feature"]  # ('proxy_depth', 'edge', 'saturation') after RGB
 
@@ -44,13 +44,7 @@ def main(argv=None):
     parser = base_parser(__doc__)
     add_restormer_args(parser)
     add_feature_args(parser, depth=False)
-    parser.add_argument("--fix-weight", type=float, default=FIX_WEIGHT,
-                        help="weight of pixels the edit changes (input != target)")
-    parser.add_argument("--preserve-weight", type=float, default=PRESERVE_WEIGHT,
-                        help="weight of pixels the edit keeps (input == target)")
-    parser.add_argument("--delta-threshold", type=float, default=DELTA_THRESHOLD,
-                        help="largest channel change |target - input| above which a pixel needs fixing (soft)")
-    parser.add_argument("--delta-softness", type=float, default=DELTA_SOFTNESS)
+    add_delta_args(parser)  # --fix-weight, --preserve-weight, --delta-threshold, --delta-softness
     args = parse_args(parser, argv, DEMO_BUDGET, script="train_multi_feature")
 
     # --- setup --------------------------------------------------------------------------------
@@ -62,46 +56,30 @@ def main(argv=None):
 
     # --- model --------------------------------------------------------------------------------
     model_kwargs = restormer_kwargs(args, inp_channels=num_input_channels(INPUT_FEATURES))
-    model = Restormer(**model_kwargs, grad_checkpoint=args.grad_checkpoint).to(device)
-    if args.pretrained:
-        load_pretrained_expanding(model, args.pretrained, args.zero_init_extra_channels)
-    print(f"model: Restormer ({model_kwargs['inp_channels']} input channels), "
-          f"{sum(p.numel() for p in model.parameters()):,} parameters")
-    train_model = torch.compile(model) if args.compile else model
+    model = Restormer(**model_kwargs, grad_checkpoint=args.grad_checkpoint)
+    train_model = prepare_model(model, args, device, f"Restormer ({model_kwargs['inp_channels']} input channels)",
+                                load_weights=partial(load_pretrained_expanding,
+                                                     zero_init_extra_channels=args.zero_init_extra_channels))
 
     # --- loss ---------------------------------------------------------------------------------
     criterion = CombinedLoss({
-        "delta": (1.0, DeltaAwareLoss(args.fix_weight, args.preserve_weight, args.delta_threshold,
-                                      args.delta_softness)),
+        "delta": (1.0, delta_loss_from_args(args)),
     })
 
-    # --- optimizer ----------------------------------------------------------------------------
-    optimizer = build_optimizer(model, args.lr, args.weight_decay)
-    scheduler = cosine_with_warmup(optimizer, args.warmup, args.steps)
-    scaler = make_grad_scaler(args.amp, device)
-    ema = EMA(model, args.ema) if args.ema > 0 else None
-    train_step = TrainStep(optimizer, scheduler, scaler, args.grad_clip)
+    # --- optimizer: AdamW + cosine warm-up, EMA, fp16 loss scaling, clipping, non-finite guard ----
+    train_step = make_train_step(model, args, device)
     config = {**vars(args), "model": model_spec(model, model_kwargs),
               "input_features": list(INPUT_FEATURES), "depth_model": depth_model}
-    state = TrainingState(model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
-                          ema=ema, config=config)
+    state = TrainingState(model=model, train_step=train_step, config=config)
 
     # --- resume -------------------------------------------------------------------------------
-    step, extra = state.resume(args.resume) if args.resume else (0, {})
-    run = RunFolder(run_dir, args, state, best_psnr=extra.get("best_psnr", float("-inf")))
-    batches = train_batches(train_set, args.batch_size, args.seed, start_step=step,
+    run = Run(args, state, device, model_inputs=model_inputs)
+    batches = train_batches(train_set, args.batch_size, args.seed, start_step=run.step,
                             workers=args.workers, pin_memory=device.type == "cuda")
-    val_batches = val_loader(val_set, workers=min(args.workers, 2))
-    if step == 0:
-        run.log_identity(val_batches, device)
-    eval_model = ema.module if ema is not None else model
 
     # --- loop ---------------------------------------------------------------------------------
-    tracker = LossTracker()
-    run.progress(step)
-    model.train()
-    try:
-        while step < args.steps:
+    with run.training(val_loader(val_set, workers=min(args.workers, 2))):
+        while run.step < args.steps:
             batch = next(batches)
             inp = model_inputs(batch)  # RGB + proxy depth + edge + saturation, on the device
             target = batch["target"].to(device, non_blocking=True)
@@ -109,16 +87,8 @@ def main(argv=None):
                 pred = train_model(inp)
             losses = criterion(pred.float(), target, inp[:, :3])
             train_step(losses["loss"])
-            if ema is not None:
-                ema.update(model)
-            tracker.update(losses)
-            step += 1
-            # --- validation / checkpoint (at --log-every / --val-every / --save-every) --------------
-            run.end_step(step, tracker, train_step, eval_model, val_batches, device, model_inputs=model_inputs)
-    except KeyboardInterrupt:
-        run.interrupted(step)
-    finally:
-        run.close()
+            # --- validation / checkpoint: logged, validated and saved at their intervals ----------
+            run.end_step(losses)
     return run
 
 

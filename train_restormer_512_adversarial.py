@@ -18,21 +18,19 @@ CPU smoke test (seconds):
         --num-blocks 1 1 1 1 --num-refinement-blocks 1 --heads 1 1 1 1 --disc-channels 8 --val-every 2 \
         --vgg-weights random --out /tmp/smoke
 """
-import torch
 
 from data.build import build_datasets
 from data.loaders import train_batches, val_loader
 from losses import CombinedLoss, L1Loss
-from losses.adversarial import GAN_LOSSES, AdversarialLoss
+from losses.adversarial import AdversarialLoss, GAN_LOSSES
 from losses.histogram import HISTOGRAM_BINS, HistogramLoss
 from losses.perceptual import GramStyleLoss, add_vgg_args
 from models.discriminator import NORMS, PatchDiscriminator
 from models.restormer import Restormer
-from utils.checkpoint import load_pretrained, model_spec
+from utils.checkpoint import model_spec
 from utils.cli import add_restormer_args, base_parser, parse_args, restormer_kwargs, run_cli
-from utils.run import RunFolder, setup
-from utils.training import (EMA, LossTracker, TrainingState, TrainStep, autocast, build_optimizer,
-                            cosine_with_warmup, make_grad_scaler)
+from utils.run import Run, prepare_model, setup
+from utils.training import TrainingState, autocast, make_train_step
 
 # The GAN terms move up and down while the two networks compete; the fixed-batch smoke test follows L1.
 SMOKE_LOSS_KEY = "l1"
@@ -68,11 +66,8 @@ def main(argv=None):
 
     # --- model --------------------------------------------------------------------------------
     model_kwargs = restormer_kwargs(args)
-    model = Restormer(**model_kwargs, grad_checkpoint=args.grad_checkpoint).to(device)
-    if args.pretrained:
-        load_pretrained(model, args.pretrained)
-    print(f"model: Restormer, {sum(p.numel() for p in model.parameters()):,} parameters")
-    train_model = torch.compile(model) if args.compile else model
+    model = Restormer(**model_kwargs, grad_checkpoint=args.grad_checkpoint)
+    train_model = prepare_model(model, args, device, "Restormer")
     discriminator = PatchDiscriminator(6, args.disc_channels, args.disc_layers, args.disc_norm).to(device)
     print(f"discriminator: PatchGAN, {sum(p.numel() for p in discriminator.parameters()):,} parameters")
 
@@ -85,38 +80,23 @@ def main(argv=None):
         "histogram": (args.histogram_weight, HistogramLoss(args.histogram_bins)),
     }).to(device)
 
-    # --- optimizer ----------------------------------------------------------------------------
-    optimizer = build_optimizer(model, args.lr, args.weight_decay)
-    scheduler = cosine_with_warmup(optimizer, args.warmup, args.steps)
-    scaler = make_grad_scaler(args.amp, device)
-    ema = EMA(model, args.ema) if args.ema > 0 else None
-    train_step = TrainStep(optimizer, scheduler, scaler, args.grad_clip)
-    disc_optimizer = build_optimizer(discriminator, args.disc_lr, 0.0, betas=(0.5, 0.999))
-    disc_scheduler = cosine_with_warmup(disc_optimizer, args.warmup, args.steps)
-    disc_scaler = make_grad_scaler(args.amp, device)
-    disc_step = TrainStep(disc_optimizer, disc_scheduler, disc_scaler, grad_clip=0.0)  # pix2pix: no clipping
+    # --- optimizer: AdamW + cosine warm-up, EMA, fp16 loss scaling, clipping, non-finite guard ----
+    train_step = make_train_step(model, args, device)
+    # the discriminator's own step, pix2pix-style: Adam betas (0.5, 0.999), no decay, no clipping, no EMA
+    disc_step = make_train_step(discriminator, args, device, lr=args.disc_lr, weight_decay=0.0,
+                                betas=(0.5, 0.999), grad_clip=0.0, ema=False)
     config = {**vars(args), "model": model_spec(model, model_kwargs)}
-    discriminator_state = {"discriminator": discriminator, "disc_optimizer": disc_optimizer,
-                           "disc_scheduler": disc_scheduler, "disc_scaler": disc_scaler}
-    state = TrainingState(model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler, ema=ema,
-                          config=config, extra_modules=discriminator_state)
+    state = TrainingState(model=model, train_step=train_step, config=config,
+                          extra_modules={"discriminator": discriminator, "disc_step": disc_step})
 
     # --- resume -------------------------------------------------------------------------------
-    step, extra = state.resume(args.resume) if args.resume else (0, {})
-    run = RunFolder(run_dir, args, state, best_psnr=extra.get("best_psnr", float("-inf")))
-    batches = train_batches(train_set, args.batch_size, args.seed, start_step=step,
+    run = Run(args, state, device)
+    batches = train_batches(train_set, args.batch_size, args.seed, start_step=run.step,
                             workers=args.workers, pin_memory=device.type == "cuda")
-    val_batches = val_loader(val_set, workers=min(args.workers, 2))
-    if step == 0:
-        run.log_identity(val_batches, device)
-    eval_model = ema.module if ema is not None else model
 
     # --- loop ---------------------------------------------------------------------------------
-    tracker = LossTracker()
-    run.progress(step)
-    model.train()
-    try:
-        while step < args.steps:
+    with run.training(val_loader(val_set, workers=min(args.workers, 2))):
+        while run.step < args.steps:
             batch = next(batches)
             inp = batch["input"].to(device, non_blocking=True)
             target = batch["target"].to(device, non_blocking=True)
@@ -129,16 +109,8 @@ def main(argv=None):
             with autocast(device, args.amp):
                 losses = criterion(pred.float(), target, inp)
             train_step(losses["loss"])
-            if ema is not None:
-                ema.update(model)
-            tracker.update({**losses, "discriminator": disc_loss.detach()})
-            step += 1
-            # --- validation / checkpoint (at --log-every / --val-every / --save-every) --------------
-            run.end_step(step, tracker, train_step, eval_model, val_batches, device)
-    except KeyboardInterrupt:
-        run.interrupted(step)
-    finally:
-        run.close()
+            # --- validation / checkpoint: logged, validated and saved at their intervals ----------
+            run.end_step({**losses, "discriminator": disc_loss.detach()})
     return run
 
 

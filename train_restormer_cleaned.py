@@ -14,18 +14,16 @@ CPU smoke test (seconds):
     python train_restormer_cleaned.py --steps 4 --crop 32 --batch-size 2 --dim 8 \
         --num-blocks 1 1 1 1 --num-refinement-blocks 1 --heads 1 1 1 1 --val-every 2 --out /tmp/smoke
 """
-import torch
 
 from data.build import build_datasets
 from data.loaders import train_batches, val_loader
 from data.preprocess import parse_pipeline, preprocessed
 from losses import CombinedLoss, L1Loss
 from models.restormer import Restormer
-from utils.checkpoint import load_pretrained, model_spec
+from utils.checkpoint import model_spec
 from utils.cli import add_restormer_args, base_parser, parse_args, restormer_kwargs, run_cli
-from utils.run import RunFolder, setup
-from utils.training import (EMA, LossTracker, TrainingState, TrainStep, autocast, build_optimizer,
-                            cosine_with_warmup, make_grad_scaler)
+from utils.run import Run, prepare_model, setup
+from utils.training import TrainingState, autocast, make_train_step
 
 # No --data and no GPU: a small Restormer on small crops, so the demo finishes in ~10 min on 2 cores.
 DEMO_BUDGET = dict(steps=400, crop=96, batch_size=4, dim=16, num_blocks=[1, 2, 2, 2],
@@ -53,41 +51,25 @@ def main(argv=None):
 
     # --- model --------------------------------------------------------------------------------
     model_kwargs = restormer_kwargs(args)
-    model = Restormer(**model_kwargs, grad_checkpoint=args.grad_checkpoint).to(device)
-    if args.pretrained:
-        load_pretrained(model, args.pretrained)
-    print(f"model: Restormer, {sum(p.numel() for p in model.parameters()):,} parameters")
-    train_model = torch.compile(model) if args.compile else model
+    model = Restormer(**model_kwargs, grad_checkpoint=args.grad_checkpoint)
+    train_model = prepare_model(model, args, device, "Restormer")
 
     # --- loss ---------------------------------------------------------------------------------
     criterion = CombinedLoss({"l1": (1.0, L1Loss())})
 
-    # --- optimizer ----------------------------------------------------------------------------
-    optimizer = build_optimizer(model, args.lr, args.weight_decay)
-    scheduler = cosine_with_warmup(optimizer, args.warmup, args.steps)
-    scaler = make_grad_scaler(args.amp, device)
-    ema = EMA(model, args.ema) if args.ema > 0 else None
-    train_step = TrainStep(optimizer, scheduler, scaler, args.grad_clip)
+    # --- optimizer: AdamW + cosine warm-up, EMA, fp16 loss scaling, clipping, non-finite guard ----
+    train_step = make_train_step(model, args, device)
     config = {**vars(args), "model": model_spec(model, model_kwargs), "preprocess": steps}
-    state = TrainingState(model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
-                          ema=ema, config=config)
+    state = TrainingState(model=model, train_step=train_step, config=config)
 
     # --- resume -------------------------------------------------------------------------------
-    step, extra = state.resume(args.resume) if args.resume else (0, {})
-    run = RunFolder(run_dir, args, state, best_psnr=extra.get("best_psnr", float("-inf")))
-    batches = train_batches(train_set, args.batch_size, args.seed, start_step=step,
+    run = Run(args, state, device)
+    batches = train_batches(train_set, args.batch_size, args.seed, start_step=run.step,
                             workers=args.workers, pin_memory=device.type == "cuda")
-    val_batches = val_loader(val_set, workers=min(args.workers, 2))
-    if step == 0:
-        run.log_identity(val_batches, device)
-    eval_model = ema.module if ema is not None else model
 
     # --- loop ---------------------------------------------------------------------------------
-    tracker = LossTracker()
-    run.progress(step)
-    model.train()
-    try:
-        while step < args.steps:
+    with run.training(val_loader(val_set, workers=min(args.workers, 2))):
+        while run.step < args.steps:
             batch = next(batches)
             inp = batch["input"].to(device, non_blocking=True)
             target = batch["target"].to(device, non_blocking=True)
@@ -95,16 +77,8 @@ def main(argv=None):
                 pred = train_model(inp)
             losses = criterion(pred.float(), target, inp)
             train_step(losses["loss"])
-            if ema is not None:
-                ema.update(model)
-            tracker.update(losses)
-            step += 1
-            # --- validation / checkpoint (at --log-every / --val-every / --save-every) --------------
-            run.end_step(step, tracker, train_step, eval_model, val_batches, device)
-    except KeyboardInterrupt:
-        run.interrupted(step)
-    finally:
-        run.close()
+            # --- validation / checkpoint: logged, validated and saved at their intervals ----------
+            run.end_step(losses)
     return run
 
 

@@ -1,1 +1,3 @@
 from .restormer import Restormer
+
+__all__ = ["Restormer"]

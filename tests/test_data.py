@@ -3,7 +3,6 @@
 import json
 import pickle
 import random
-import warnings
 
 import cv2
 import numpy as np

@@ -3,6 +3,7 @@
 the adversarial script's --resume)."""
 import importlib.util
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ from models.discriminator import PatchDiscriminator
 from models.gain import GainRestormer, window_region
 from models.restormer import Restormer
 from utils.checkpoint import CheckpointError, build_model, model_spec
-from utils.training import TrainingState, build_optimizer, cosine_with_warmup, make_grad_scaler
+from utils.training import TrainingState, make_train_step
 
 TINY = dict(dim=8, num_blocks=(1, 1, 1, 1), num_refinement_blocks=1, heads=(1, 1, 1, 1))
 ROOT = Path(__file__).resolve().parents[1]
@@ -141,23 +142,17 @@ def test_spectral_norm_bounds_the_layers():
 def _gan_pieces(seed):
     torch.manual_seed(seed)
     model, discriminator = Restormer(**TINY), PatchDiscriminator(base_channels=4)
-    optimizer = build_optimizer(model, 1e-3, 0.0)
-    disc_optimizer = build_optimizer(discriminator, 1e-3, 0.0, betas=(0.5, 0.999))
-    pieces = dict(discriminator=discriminator, disc_optimizer=disc_optimizer,
-                  disc_scheduler=cosine_with_warmup(disc_optimizer, 1, 10),
-                  disc_scaler=make_grad_scaler("none", torch.device("cpu")))
-    state = TrainingState(model=model, optimizer=optimizer, scheduler=cosine_with_warmup(optimizer, 1, 10),
-                          scaler=make_grad_scaler("none", torch.device("cpu")),
+    cpu = torch.device("cpu")
+    args = SimpleNamespace(lr=1e-3, weight_decay=0.0, warmup=1, steps=10, amp="none", grad_clip=0.0, ema=0.0)
+    disc_step = make_train_step(discriminator, args, cpu, betas=(0.5, 0.999))
+    pieces = dict(discriminator=discriminator, disc_step=disc_step)
+    state = TrainingState(model=model, train_step=make_train_step(model, args, cpu),
                           config={"model": model_spec(model, TINY)}, extra_modules=pieces)
     return state, pieces
 
 
 def _disc_train_step(pieces):
-    discriminator, optimizer = pieces["discriminator"], pieces["disc_optimizer"]
-    discriminator(torch.rand(1, 6, 32, 32)).mean().backward()
-    optimizer.step()
-    pieces["disc_scheduler"].step()
-    optimizer.zero_grad()
+    pieces["disc_step"](pieces["discriminator"](torch.rand(1, 6, 32, 32)).mean())
 
 
 def test_training_state_saves_and_restores_extra_modules_exactly(tmp_path):
@@ -170,16 +165,16 @@ def test_training_state_saves_and_restores_extra_modules_exactly(tmp_path):
     saved, restored = pieces["discriminator"].state_dict(), fresh_pieces["discriminator"].state_dict()
     assert saved.keys() == restored.keys() and all(torch.equal(saved[k], restored[k]) for k in saved)
     assert any(k.endswith("_u") for k in saved)  # spectral norm's power-iteration vectors too
-    moments = [s["exp_avg"] for s in pieces["disc_optimizer"].state_dict()["state"].values()]
-    restored_moments = [s["exp_avg"] for s in fresh_pieces["disc_optimizer"].state_dict()["state"].values()]
+    optimizer, fresh_optimizer = pieces["disc_step"].optimizer, fresh_pieces["disc_step"].optimizer
+    moments = [s["exp_avg"] for s in optimizer.state_dict()["state"].values()]
+    restored_moments = [s["exp_avg"] for s in fresh_optimizer.state_dict()["state"].values()]
     assert moments and all(torch.equal(a, b) for a, b in zip(moments, restored_moments))
-    assert fresh_pieces["disc_scheduler"].last_epoch == pieces["disc_scheduler"].last_epoch == 1
+    assert fresh_pieces["disc_step"].scheduler.last_epoch == pieces["disc_step"].scheduler.last_epoch == 1
 
 
 def test_resume_without_the_extra_modules_state_is_refused(tmp_path):
     state, _ = _gan_pieces(0)
-    plain = TrainingState(model=state.model, optimizer=state.optimizer, scheduler=state.scheduler,
-                          scaler=state.scaler, config=state.config)
+    plain = TrainingState(model=state.model, train_step=state.train_step, config=state.config)
     plain.save(tmp_path / "plain.pt", step=1)
     assert plain.resume(tmp_path / "plain.pt")[0] == 1  # checkpoints without extra modules still resume
     with pytest.raises(CheckpointError, match="no state for discriminator"):

@@ -1,4 +1,4 @@
-import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -7,7 +7,7 @@ from torch import nn
 from utils.checkpoint import CheckpointError, build_model, load_pretrained, model_spec, save_checkpoint
 from utils.tiling import pad_to_multiple, tiled_forward
 from utils.training import (EMA, LossTracker, NonFiniteLossError, TrainingState, TrainStep, build_optimizer,
-                            cosine_with_warmup, make_grad_scaler)
+                            cosine_with_warmup, make_grad_scaler, make_train_step)
 
 
 class TinyNet(nn.Module):
@@ -87,7 +87,7 @@ def test_ema_warmup_and_state_dict():
     with torch.no_grad():
         for p in model.parameters():
             p.add_(1.0)
-    ema.update(model)  # first decay = min(0.999, 2/11)
+    ema.update()  # first decay = min(0.999, 2/11)
     first = next(model.parameters())
     ema_first = next(ema.module.parameters())
     shift = (ema_first - (first - 1.0)).mean().item()
@@ -105,27 +105,27 @@ def test_loss_tracker_means():
 
 
 def test_training_state_round_trip_is_exact(tmp_path):
+    args = SimpleNamespace(lr=1e-2, weight_decay=0.0, warmup=2, steps=6, amp="none", grad_clip=0.5, ema=0.9)
+
     def run(steps, resume=None, save_at=None):
         torch.manual_seed(0)
         model = TinyNet()
-        optimizer, scheduler, scaler, train_step = _step_pieces(model)
-        ema = EMA(model, 0.9)
+        train_step = make_train_step(model, args, torch.device("cpu"))
         config = {"model": model_spec(model, {"width": 4})}
-        state = TrainingState(model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler, ema=ema,
-                              config=config)
+        state = TrainingState(model=model, train_step=train_step, config=config)
         step = state.resume(resume)[0] if resume else 0
         while step < steps:
             x = torch.rand(2, 3, 8, 8)  # drawn from the global RNG, restored on resume
-            train_step((model(x) - x.flip(-1)).abs().mean())
-            ema.update(model)
+            train_step((model(x) - x.flip(-1)).abs().mean())  # also updates the EMA
             step += 1
             if step == save_at:
                 state.save(tmp_path / "last.pt", step)
-        return model, ema
+        return model, state.eval_model
 
     full, full_ema = run(6)
     run(6, save_at=3)
     resumed, resumed_ema = run(6, resume=tmp_path / "last.pt")
+    assert full_ema is not full and not torch.equal(full_ema.body[0].weight, full.body[0].weight)
     for a, b in zip(full.state_dict().values(), resumed.state_dict().values()):
         assert torch.equal(a, b)
     for a, b in zip(full_ema.state_dict().values(), resumed_ema.state_dict().values()):
@@ -134,9 +134,8 @@ def test_training_state_round_trip_is_exact(tmp_path):
 
 def test_resume_errors(tmp_path):
     model = TinyNet()
-    optimizer, scheduler, scaler, _ = _step_pieces(model)
-    state = TrainingState(model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
-                          config={"model": model_spec(model, {"width": 4})})
+    optimizer, scheduler, scaler, train_step = _step_pieces(model)
+    state = TrainingState(model=model, train_step=train_step, config={"model": model_spec(model, {"width": 4})})
     with pytest.raises(CheckpointError, match="not found"):
         state.resume(tmp_path / "missing.pt")
     (tmp_path / "corrupt.pt").write_bytes(b"not a checkpoint")

@@ -1,21 +1,33 @@
-"""The run folder of a training script: config.json, metrics.jsonl, samples/, last.pt and best.pt.
+"""The run folder of a training script and the bookkeeping around its loop.
 
-``RunFolder`` does the bookkeeping a loop asks for at its intervals (log, validate + grid + best.pt,
-save last.pt); the loop itself, its loss and its model calls stay in the script.
+    device, run_dir = setup(args)
+    ...
+    run = Run(args, state, device)                      # resumes from --resume, writes config.json
+    batches = train_batches(train_set, ..., start_step=run.step)
+    with run.training(val_loader(val_set)):             # identity baseline, progress bar, Ctrl-C
+        while run.step < args.steps:
+            ...                                          # the script's forward pass, loss, train_step(loss)
+            run.end_step(losses)                         # log / validate / save at their intervals
+
+The loop, its loss and its model calls stay in the script; ``Run`` only writes what a run leaves
+behind: config.json, metrics.jsonl (+ TensorBoard), samples/step_*.png grids, best.pt and last.pt.
 """
+import contextlib
 import time
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
+from .checkpoint import load_pretrained
 from .logging import MetricsLogger, save_image_grid, write_config
-from .training import configure_backend, seed_everything
+from .training import LossTracker, configure_backend, seed_everything
 from .validation import validate
 
 
 def setup(args):
-    """Seed everything, configure the backend, create the run folder; returns (device, run_dir)."""
+    """Seed everything, configure the backend (cuDNN autotune, TF32 on CUDA), create the run folder;
+    returns (device, run_dir)."""
     device = torch.device(args.device)
     seed_everything(args.seed)
     configure_backend(device)
@@ -24,94 +36,129 @@ def setup(args):
     return device, run_dir
 
 
-class RunFolder:
-    """Logging, validation and checkpoints of one run.
+def prepare_model(model: torch.nn.Module, args, device: torch.device, name: str,
+                  load_weights=load_pretrained) -> torch.nn.Module:
+    """Move ``model`` to the device, load --pretrained weights with ``load_weights(model, path)``
+    (default: strict :func:`utils.checkpoint.load_pretrained`), print its size; returns the module to
+    train with (``torch.compile``-d under --compile; checkpoints keep the plain one)."""
+    model.to(device)
+    if args.pretrained:
+        load_weights(model, args.pretrained)
+    print(f"model: {name}, {sum(p.numel() for p in model.parameters()):,} parameters")
+    return torch.compile(model) if args.compile else model
 
-    ``state`` is a :class:`utils.training.TrainingState`; ``best_psnr`` comes back from a resumed
-    checkpoint's ``extra`` so best.pt keeps meaning best-so-far across restarts.
+
+class Run:
+    """One training run: resume, logging, validation and checkpoints.
+
+    ``state`` is a :class:`utils.training.TrainingState`. ``run_dir`` / ``resume`` / ``name``
+    default to --out / --resume / the script's name (cross-validation folds and training phases pass
+    their own; ``resume=False`` starts fresh whatever --resume says); a fresh run starts counting at
+    ``start_step`` (a second training phase). ``model_inputs(batch)`` builds the network input of a
+    validation batch (scripts with extra input channels); ``eval_model`` replaces the network that
+    validation runs (a diffusion pipeline around the trained ControlNet); ``extra`` is saved in every checkpoint
+    (``resumed_extra`` is what the resumed checkpoint held), next to the best PSNR so far.
     """
 
-    def __init__(self, run_dir, args, state, best_psnr: float = float("-inf")):
-        self.dir, self.args, self.state = Path(run_dir), args, state
-        self.best_psnr = best_psnr
+    def __init__(self, args, state, device, run_dir=None, resume=None, name=None, model_inputs=None,
+                 start_step: int = 0, eval_model=None):
+        self.args, self.state, self.device = args, state, device
+        self.dir = Path(run_dir if run_dir is not None else args.out)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.name = name or args.script
+        self.model_inputs, self.eval_model = model_inputs, eval_model
+        resume = args.resume if resume is None else resume
+        self.step, self.resumed_extra = state.resume(resume) if resume else (start_step, {})
+        self.fresh = not resume
+        self.best_psnr = self.resumed_extra.get("best_psnr", float("-inf"))
+        self.extra = {}
+        self.tracker = LossTracker()
         self.logger = MetricsLogger(self.dir)
-        self.interval_start, self.interval_steps = time.time(), 0
         write_config(self.dir, state.config)
 
-    def extra(self) -> dict:
-        return {"best_psnr": self.best_psnr}
+    @contextlib.contextmanager
+    def training(self, val_loader):
+        """Around the loop: scores the identity baseline on a fresh run, shows the progress bar
+        (loss, lr, images/s, ETA), and on Ctrl-C leaves a resumable last.pt and exits with 130."""
+        self.val_loader = val_loader
+        if self.fresh:
+            self.log_identity()
+        self.bar = tqdm(total=self.args.steps, initial=self.step, desc=self.name, dynamic_ncols=True)
+        self.interval_start, self.interval_step = time.time(), self.step
+        self.state.model.train()
+        try:
+            yield self
+        except KeyboardInterrupt:
+            self.save_last()
+            self.bar.write(f"interrupted at step {self.step}: saved {self.dir / 'last.pt'}; "
+                           f"continue with --resume {self.dir}")
+            raise SystemExit(130)
+        finally:
+            self.bar.close()
+            self.logger.close()
 
-    def log_train(self, step: int, tracker, train_step, progress=None) -> dict:
-        """Write the interval's mean losses, lr, grad norm and throughput (one sync); check the
-        non-finite guard."""
+    def end_step(self, losses: dict) -> None:
+        """Count one optimizer step; log (--log-every), validate + best.pt (--val-every) and save
+        last.pt (--save-every) at their intervals and always at the final step."""
+        self.tracker.update(losses)
+        self.step += 1
+        self.bar.update()
+        final = self.step == self.args.steps
+        if self.step % self.args.log_every == 0 or final:
+            self.log_train()
+        if self.step % self.args.val_every == 0 or final:
+            self.validate()
+        if self.step % self.args.save_every == 0 or final:
+            self.save_last()
+
+    def log_train(self) -> dict:
+        """The interval's mean losses, lr, grad norm and throughput (one host sync), and the
+        non-finite guard's check."""
+        train_step = self.state.train_step
         train_step.check()
-        values = tracker.means()
-        elapsed = time.time() - self.interval_start
-        steps = max(1, step - self.interval_steps)
-        values.update(lr=train_step.optimizer.param_groups[0]["lr"],
-                      grad_norm=float(train_step.grad_norm),
-                      images_per_s=steps * self.args.batch_size / max(elapsed, 1e-9))
-        self.logger.log(step, "train", values)
-        if progress is not None:
-            progress.set_postfix(loss=f"{values.get('loss', 0):.4f}", lr=f"{values['lr']:.2e}",
-                                 img_s=f"{values['images_per_s']:.1f}")
-        self.interval_start, self.interval_steps = time.time(), step
+        values = self.tracker.means()
+        elapsed = max(time.time() - self.interval_start, 1e-9)
+        steps = max(1, self.step - self.interval_step)
+        values.update(lr=train_step.optimizer.param_groups[0]["lr"], grad_norm=float(train_step.grad_norm),
+                      images_per_s=steps * self.args.batch_size / elapsed)
+        self.logger.log(self.step, "train", values)
+        self.bar.set_postfix(loss=f"{values.get('loss', 0):.4f}", lr=f"{values['lr']:.2e}",
+                             img_s=f"{values['images_per_s']:.1f}")
+        self.interval_start, self.interval_step = time.time(), self.step
         return values
 
-    def log_identity(self, val_loader, device) -> dict:
+    def log_identity(self) -> dict:
         """Score the as-shot inputs against the targets: the baseline every model must beat."""
-        metrics, _ = validate(None, val_loader, device, identity=True, num_samples=0)
-        self.logger.log(0, "identity", metrics)
-        print(f"identity baseline (input vs target): PSNR {metrics['psnr']:.2f} dB, SSIM {metrics['ssim']:.4f}, "
-              f"L1 {metrics['l1']:.4f}")
+        metrics, _ = validate(None, self.val_loader, self.device, identity=True, num_samples=0)
+        self.logger.log(self.step, "identity", metrics)
+        print(f"identity baseline (input vs target): PSNR {metrics['psnr']:.2f} dB, "
+              f"SSIM {metrics['ssim']:.4f}, L1 {metrics['l1']:.4f}")
         return metrics
 
-    def validate(self, step: int, model, val_loader, device, model_inputs=None, progress=None) -> dict:
-        """Validate (whole images or --val-tile tiles), save the sample grid, and best.pt on a new best PSNR."""
-        kwargs = {"model_inputs": model_inputs} if model_inputs is not None else {}
+    def validate(self) -> dict:
+        """Validate the EMA (else live) weights on whole images (or --val-tile tiles), save the sample
+        grid, and best.pt on a new best PSNR."""
         start = time.time()
-        metrics, samples = validate(model, val_loader, device, self.args.amp, tile=self.args.val_tile,
-                                    num_samples=self.args.num_samples, **kwargs)
-        self.logger.log(step, "val", metrics)
+        kwargs = {"model_inputs": self.model_inputs} if self.model_inputs is not None else {}
+        eval_model = self.eval_model if self.eval_model is not None else self.state.eval_model
+        metrics, samples = validate(eval_model, self.val_loader, self.device, self.args.amp,
+                                    tile=self.args.val_tile, num_samples=self.args.num_samples, **kwargs)
+        self.state.model.train()
+        self.logger.log(self.step, "val", metrics)
         if samples:
-            save_image_grid(self.dir / "samples" / f"step_{step:07d}.png", samples)
+            save_image_grid(self.dir / "samples" / f"step_{self.step:07d}.png", samples)
         if metrics["psnr"] > self.best_psnr:
             self.best_psnr = metrics["psnr"]
-            self.state.save(self.dir / "best.pt", step, extra={**self.extra(), "val": metrics})
-        message = (f"step {step}: val PSNR {metrics['psnr']:.2f} dB, SSIM {metrics['ssim']:.4f}, "
-                   f"L1 {metrics['l1']:.4f} (best {self.best_psnr:.2f} dB)")
-        (progress.write if progress is not None else print)(message)
+            self.state.save(self.dir / "best.pt", self.step, extra={**self.checkpoint_extra(), "val": metrics})
+        self.bar.write(f"step {self.step}: val PSNR {metrics['psnr']:.2f} dB, SSIM {metrics['ssim']:.4f}, "
+                       f"L1 {metrics['l1']:.4f} (best {self.best_psnr:.2f} dB)")
         self.interval_start += time.time() - start  # validation time is not training throughput
         return metrics
 
-    def save_last(self, step: int) -> None:
-        self.state.save(self.dir / "last.pt", step, extra=self.extra())
+    def save_last(self) -> None:
+        self.state.save(self.dir / "last.pt", self.step, extra=self.checkpoint_extra())
 
-    def progress(self, step: int) -> tqdm:
-        """The progress bar (steps, ETA; loss, lr and throughput at each log interval)."""
-        self.bar = tqdm(total=self.args.steps, initial=step, desc=self.args.script, dynamic_ncols=True)
-        return self.bar
+    def checkpoint_extra(self) -> dict:
+        """What every checkpoint of this run carries in ``extra``: ``self.extra`` and the best PSNR."""
+        return {**self.extra, "best_psnr": self.best_psnr}
 
-    def end_step(self, step: int, tracker, train_step, eval_model, val_loader, device, model_inputs=None) -> None:
-        """After optimizer step ``step``: log, validate (+ best.pt) and save last.pt at their intervals
-        (``--log-every``, ``--val-every``, ``--save-every``, and always at the final step)."""
-        self.bar.update()
-        final = step == self.args.steps
-        if step % self.args.log_every == 0 or final:
-            self.log_train(step, tracker, train_step, self.bar)
-        if step % self.args.val_every == 0 or final:
-            self.validate(step, eval_model, val_loader, device, model_inputs=model_inputs, progress=self.bar)
-        if step % self.args.save_every == 0 or final:
-            self.save_last(step)
-
-    def interrupted(self, step: int) -> None:
-        """Ctrl-C: leave a resumable last.pt and exit with status 130."""
-        self.save_last(step)
-        self.bar.write(f"interrupted at step {step}: saved {self.dir / 'last.pt'}; "
-                       f"continue with --resume {self.dir}")
-        raise SystemExit(130)
-
-    def close(self) -> None:
-        if getattr(self, "bar", None) is not None:
-            self.bar.close()
-        self.logger.close()

@@ -53,11 +53,16 @@ def resolve_amp(amp, device: torch.device) -> str:
     return "none"
 
 
+def amp_dtype(amp: str):
+    """The autocast dtype of an --amp value (None for 'none')."""
+    return {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+
+
 def autocast(device: torch.device, amp: str):
     """Mixed-precision context for the forward pass; master weights stay fp32."""
     if amp == "none":
         return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+    return torch.autocast(device.type, dtype=amp_dtype(amp))
 
 
 def make_grad_scaler(amp: str, device: torch.device) -> torch.amp.GradScaler:
@@ -96,14 +101,16 @@ class EMA:
 
     def __init__(self, model: torch.nn.Module, decay: float):
         self.decay = decay
-        self.module = copy.deepcopy(unwrap_model(model)).eval().requires_grad_(False)
+        self.source = unwrap_model(model)
+        self.module = copy.deepcopy(self.source).eval().requires_grad_(False)
         self.num_updates = 0
 
     @torch.no_grad()
-    def update(self, model: torch.nn.Module) -> None:
+    def update(self) -> None:
+        """Move the average towards the source model's current weights (buffers are copied)."""
         self.num_updates += 1
         decay = min(self.decay, (1 + self.num_updates) / (10 + self.num_updates))
-        source = unwrap_model(model)
+        source = self.source
         ema_params = [p for p in self.module.parameters()]
         model_params = [p.detach() for p in source.parameters()]
         torch._foreach_lerp_(ema_params, model_params, 1.0 - decay)
@@ -119,7 +126,7 @@ class EMA:
 
 
 class TrainStep:
-    """backward -> (unscale) -> clip -> optimizer step -> lr schedule, with a non-finite guard.
+    """backward -> (unscale) -> clip -> optimizer step -> lr schedule -> EMA, with a non-finite guard.
 
     A step whose loss or gradient norm is NaN/inf is skipped without a host-device sync: the fused
     AdamW kernel takes a ``found_inf`` flag (the mechanism GradScaler uses), and the count of
@@ -127,8 +134,9 @@ class TrainStep:
     raises :class:`NonFiniteLossError` if ``max_bad_steps`` losses in a row were non-finite.
     """
 
-    def __init__(self, optimizer, scheduler, scaler, grad_clip: float = 0.0, max_bad_steps: int = 5):
-        self.optimizer, self.scheduler, self.scaler = optimizer, scheduler, scaler
+    def __init__(self, optimizer, scheduler, scaler, grad_clip: float = 0.0, ema: EMA = None,
+                 max_bad_steps: int = 5):
+        self.optimizer, self.scheduler, self.scaler, self.ema = optimizer, scheduler, scaler, ema
         self.grad_clip, self.max_bad_steps = grad_clip, max_bad_steps
         self.params = [p for group in optimizer.param_groups for p in group["params"]]
         device = self.params[0].device
@@ -153,8 +161,14 @@ class TrainStep:
             self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update()
         self.bad_streak = (self.bad_streak + loss_bad) * loss_bad
         self.worst_streak = torch.maximum(self.worst_streak, self.bad_streak)
+
+    def accumulate(self, loss: torch.Tensor) -> None:
+        """Backward of a gradient-accumulation micro-batch that is not the step's last (no step)."""
+        self.scaler.scale(loss).backward()
 
     def check(self) -> None:
         """Read the guard (one sync); call at logging intervals."""
@@ -163,6 +177,35 @@ class TrainStep:
                 f"the loss was NaN/inf for {self.max_bad_steps} steps in a row; lower --lr, use "
                 "--amp bf16 or none instead of fp16, or check the data for corrupt images")
         self.worst_streak.zero_()
+
+
+    def state_dict(self) -> dict:
+        """Optimizer, scheduler and (fp16) scaler state: what a second network's step needs saved."""
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler") is not None and self.scaler.is_enabled():
+            self.scaler.load_state_dict(state["scaler"])
+
+
+def make_train_step(model: torch.nn.Module, args, device: torch.device, *, lr: float = None,
+                    total_steps: int = None, weight_decay: float = None, betas=(0.9, 0.999),
+                    warmup: int = None, grad_clip: float = None, ema: bool = True,
+                    min_lr_ratio: float = 0.01) -> TrainStep:
+    """The shared optimisation recipe from the shared flags: fused AdamW (--lr, --weight-decay),
+    linear warm-up (--warmup) then cosine decay over --steps, loss scaling for --amp fp16 only,
+    gradient clipping (--grad-clip) and EMA weights (--ema DECAY, 0: off). Keyword arguments override
+    a flag for a second network or a second training phase."""
+    optimizer = build_optimizer(model, args.lr if lr is None else lr,
+                                args.weight_decay if weight_decay is None else weight_decay, betas=betas)
+    scheduler = cosine_with_warmup(optimizer, args.warmup if warmup is None else warmup,
+                                   args.steps if total_steps is None else total_steps, min_lr_ratio)
+    return TrainStep(optimizer, scheduler, make_grad_scaler(args.amp, device),
+                     args.grad_clip if grad_clip is None else grad_clip,
+                     ema=EMA(model, args.ema) if ema and args.ema > 0 else None)
 
 
 class LossTracker:
@@ -200,16 +243,20 @@ class TrainingState:
     ``config`` is the resolved configuration (must contain ``'model'``, a
     :func:`utils.checkpoint.model_spec`); a checkpoint whose model spec differs is refused on resume.
     ``extra_modules`` maps names to further stateful objects of the run (anything with
-    ``state_dict()`` / ``load_state_dict()``: a GAN discriminator, its optimizer, scheduler and
-    scaler); they are saved under ``extra['modules']`` of the one checkpoint format and restored by
+    ``state_dict()`` / ``load_state_dict()``: a GAN discriminator and its :class:`TrainStep`); they are saved under ``extra['modules']`` of the one checkpoint format and restored by
     :meth:`resume`.
     """
 
-    def __init__(self, *, model, optimizer, scheduler, scaler, config: dict, ema: EMA = None,
-                 extra_modules: dict = None):
-        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
-        self.scaler, self.ema, self.config = scaler, ema, config
+    def __init__(self, *, model, train_step: TrainStep, config: dict, extra_modules: dict = None):
+        self.model, self.train_step, self.config = model, train_step, config
+        self.optimizer, self.scheduler = train_step.optimizer, train_step.scheduler
+        self.scaler, self.ema = train_step.scaler, train_step.ema
         self.extra_modules = dict(extra_modules or {})
+
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        """The weights to validate and ship: the EMA copy when EMA is on."""
+        return self.ema.module if self.ema is not None else self.model
 
     def save(self, path, step: int, extra: dict = None) -> None:
         extra = dict(extra or {})
