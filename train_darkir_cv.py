@@ -28,8 +28,6 @@ CPU smoke test (seconds):
         --dec-blocks 1 1 1 --middle-blocks-enc 1 --middle-blocks-dec 1 --side-weight 0.5 --val-every 2 \
         --vgg-weights random --out /tmp/smoke
 """
-
-
 from data.folds import build_fold_datasets, fold_resume_path, resume_folder, write_fold_summary
 from data.loaders import train_batches, val_loader
 from losses import CombinedLoss, L1Loss
@@ -129,6 +127,7 @@ def main(argv=None):
 
     # --- summary: each fold's best.pt on its own validation fold ------------------------------
     return write_fold_summary(run_dir, folds, args)
+
 
 if __name__ == "__main__":
     run_cli(main)

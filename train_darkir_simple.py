@@ -15,7 +15,6 @@ CPU smoke test (seconds):
     python train_darkir_simple.py --steps 4 --crop 32 --batch-size 2 --width 8 --enc-blocks 1 1 1 \
         --dec-blocks 1 1 1 --middle-blocks-enc 1 --middle-blocks-dec 1 --val-every 2 --out /tmp/smoke
 """
-
 from data.build import build_datasets
 from data.loaders import train_batches, val_loader
 from losses import CombinedLoss, L1Loss

@@ -18,7 +18,6 @@ CPU smoke test (seconds):
         --dec-blocks 1 1 1 --middle-blocks-enc 1 --middle-blocks-dec 1 --side-weight 0.5 --val-every 2 \
         --out /tmp/smoke
 """
-
 from data.build import build_datasets
 from data.loaders import train_batches, val_loader
 from losses import CombinedLoss, L1Loss, WindowAwareLoss
