@@ -1,6 +1,5 @@
 """DataLoaders for training (infinite, resumable, reproducible) and validation (in order, one by one)."""
 
-import cv2
 import numpy as np
 import torch
 
@@ -55,12 +54,6 @@ class ResumableSampler(torch.utils.data.Sampler):
             position = 0
 
 
-def _single_threaded_opencv(worker_id):
-    """Worker init: OpenCV's own thread pool per worker would oversubscribe the CPU (torch already
-    limits each worker to one thread)."""
-    cv2.setNumThreads(1)
-
-
 def train_batches(dataset, batch_size, seed, start_step=0, workers=4, pin_memory=False):
     """Infinite iterator of training batches (dicts of stacked tensors plus a list of names).
 
@@ -77,7 +70,6 @@ def train_batches(dataset, batch_size, seed, start_step=0, workers=4, pin_memory
         pin_memory=pin_memory,
         persistent_workers=workers > 0,
         prefetch_factor=_PREFETCH_BATCHES_PER_WORKER if workers > 0 else None,
-        worker_init_fn=_single_threaded_opencv if workers > 0 else None,
     )
     return iter(loader)
 
@@ -91,5 +83,4 @@ def val_loader(dataset, workers=2):
         shuffle=False,
         num_workers=workers,
         persistent_workers=workers > 0,
-        worker_init_fn=_single_threaded_opencv if workers > 0 else None,
     )
