@@ -30,16 +30,21 @@ import torch
 
 from data.io import read_metadata, write_image
 
+from models.controlnet import controlnet_member
+
 from .checkpoint import CheckpointError, build_model, load_checkpoint, load_pretrained
 from .tiling import tiled_forward
 from .training import autocast, configure_backend, resolve_amp, select_device
 
 AMP_MODES = ("none", "bf16", "fp16")
-# Defaults of enhance.py / evaluate.py, chosen by measurement (README "Enhance and evaluate"): 512 is
-# the training crop of every catalog recipe, so Restormer's channel attention sees the statistics it
-# was trained on; an overlap of 64 (1.31x the work of non-overlapping tiles) leaves no visible seam.
+# Defaults of enhance.py / evaluate.py / report.py, chosen by measurement (tools/bench_enhance.py;
+# README "Enhance and evaluate"): 512 is the training crop of every catalog recipe, so Restormer's
+# channel attention sees the statistics it was trained on, and on a CPU it is as fast per pixel as
+# larger tiles. Any overlap removes the seams of hard tile borders (Restormer Base: max error 93/255
+# -> 23/255); beyond 32 the agreement with whole-image output does not improve, while the work grows
+# as (tile / (tile - overlap))^2: 1.14x at 32, 1.31x at 64.
 DEFAULT_TILE = 512
-DEFAULT_OVERLAP = 64
+DEFAULT_OVERLAP = 32
 DEFAULT_BATCH_SIZE = 4
 # Tiles are cut at multiples of the networks' 2**3 downsampling, so no tile needs padding inside.
 TILE_MULTIPLE = 8
@@ -116,8 +121,10 @@ class NetworkModel:
         self._depth_estimator = None
 
     @classmethod
-    def from_checkpoint(cls, checkpoint: dict, source: str, device, amp: str, tiling: Tiling) -> "NetworkModel":
-        """Rebuild the network from ``checkpoint['config']['model']`` and load its (EMA) weights."""
+    def from_checkpoint(cls, checkpoint: dict, source: str, device, amp: str, tiling: Tiling,
+                        sampling: dict = None) -> "NetworkModel":
+        """Rebuild the network from ``checkpoint['config']['model']`` and load its (EMA) weights
+        (``sampling`` is for diffusion models; a network is deterministic)."""
         model = build_model(checkpoint["config"]["model"])
         load_pretrained(model, checkpoint, strict=True, prefer_ema=True)
         used_ema = isinstance(checkpoint.get("ema"), dict) or isinstance(checkpoint.get("params_ema"), dict)
@@ -191,9 +198,10 @@ def _apply_edit_at_full_size(rgb: np.ndarray, reduced_output: torch.Tensor) -> t
 
 
 # (config key, loader): the first key present in a checkpoint's config picks how it is loaded. A
-# loader takes (checkpoint, source, device, amp, tiling) and returns an object with
+# loader takes (checkpoint, source, device, amp, tiling, sampling) and returns an object with
 # ``predict(rgb, photo_cache) -> (1, 3, H, W)``, ``describe()`` and ``num_parameters``.
 MODEL_KINDS = (
+    ("controlnet", controlnet_member),
     ("model", NetworkModel.from_checkpoint),
 )
 
@@ -232,8 +240,9 @@ class Enhancer:
         return self.predict(rgb)[0].permute(1, 2, 0).cpu().numpy()
 
 
-def load_member(path, device, amp: str = "none", tiling: Tiling = None):
-    """Load one checkpoint file as an ensemble member (see :data:`MODEL_KINDS`)."""
+def load_member(path, device, amp: str = "none", tiling: Tiling = None, sampling: dict = None):
+    """Load one checkpoint file as an ensemble member (see :data:`MODEL_KINDS`); ``sampling``: the
+    denoising ``steps`` and ``seed`` of diffusion models (None: the run's own)."""
     checkpoint = load_checkpoint(path)
     config = checkpoint.get("config") if isinstance(checkpoint, dict) else None
     if not isinstance(config, dict):
@@ -241,20 +250,21 @@ def load_member(path, device, amp: str = "none", tiling: Tiling = None):
                               "script (published weights go in through a script's --pretrained)")
     for key, loader in MODEL_KINDS:
         if key in config:
-            return loader(checkpoint, str(path), device, amp, tiling or Tiling())
+            return loader(checkpoint, str(path), device, amp, tiling or Tiling(), sampling)
     raise CheckpointError(f"{path}: its config names no model (expected one of the keys "
                           f"{', '.join(key for key, _ in MODEL_KINDS)})")
 
 
 def load_enhancer(checkpoint_paths, device="cpu", amp: str = "none", tile: int = DEFAULT_TILE,
-                  overlap: int = DEFAULT_OVERLAP, batch_size: int = DEFAULT_BATCH_SIZE) -> Enhancer:
+                  overlap: int = DEFAULT_OVERLAP, batch_size: int = DEFAULT_BATCH_SIZE,
+                  sampling: dict = None) -> Enhancer:
     """An :class:`Enhancer` for one checkpoint or an ensemble of several (see :func:`resolve_checkpoints`
     for the paths accepted). ``amp``: 'none', 'bf16' or 'fp16' autocast for the networks;
     ``tile`` 0 runs whole photos. Raises ``CheckpointError``/``ValueError`` with a one-line message."""
     if amp not in AMP_MODES:
         raise ValueError(f"--amp must be one of {', '.join(AMP_MODES)}, got {amp!r}")
     tiling = Tiling(tile, overlap, batch_size)
-    members = [load_member(path, device, amp, tiling) for path in resolve_checkpoints(checkpoint_paths)]
+    members = [load_member(path, device, amp, tiling, sampling) for path in resolve_checkpoints(checkpoint_paths)]
     return Enhancer(members, device)
 
 
@@ -276,6 +286,10 @@ def add_inference_args(parser: argparse.ArgumentParser, checkpoint: str = "optio
     group.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, ...")
     group.add_argument("--amp", choices=AMP_MODES, default=None,
                        help="mixed precision (default: bf16 on CUDA, none on CPU; none is the most exact)")
+    diffusion = parser.add_argument_group("diffusion (ControlNet runs)")
+    diffusion.add_argument("--denoise-steps", type=int, default=None,
+                           help="denoising steps per tile (default: the run's --denoise-steps)")
+    diffusion.add_argument("--denoise-seed", type=int, default=None, help="noise seed (default: the run's --seed)")
 
 
 def enhancer_from_args(args, checkpoints=None) -> Enhancer:
@@ -285,7 +299,8 @@ def enhancer_from_args(args, checkpoints=None) -> Enhancer:
     configure_backend(device)
     batch_size = args.batch_size or (DEFAULT_BATCH_SIZE if device.type == "cuda" else 1)
     enhancer = load_enhancer(checkpoints or args.checkpoint, device, resolve_amp(args.amp, device),
-                             tile=args.tile, overlap=args.overlap, batch_size=batch_size)
+                             tile=args.tile, overlap=args.overlap, batch_size=batch_size,
+                             sampling={"steps": args.denoise_steps, "seed": args.denoise_seed})
     print(f"model: {enhancer.describe()}")
     return enhancer
 
