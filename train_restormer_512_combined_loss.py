@@ -22,9 +22,9 @@ from utils.run import Run, prepare_model, setup
 from utils.training import TrainingState, autocast, make_train_step
 
 # No --data and no GPU: a small Restormer on small crops, so the demo finishes in ~10 min on 2 cores.
-DEMO_BUDGET = dict(steps=800, crop=96, batch_size=4, dim=16, num_blocks=[1, 2, 2, 2],
+DEMO_BUDGET = dict(steps=600, crop=96, batch_size=4, dim=16, num_blocks=[1, 2, 2, 2],
                    num_refinement_blocks=1, heads=[1, 2, 4, 8], lr=1e-3, warmup=20, grad_clip=0.0,
-                   val_every=200, save_every=200, log_every=10, workers=2, ema=0.99)
+                   val_every=150, save_every=150, log_every=10, workers=2, ema=0.99)
 
 
 def main(argv=None):
