@@ -1,5 +1,6 @@
 """One smoke test over every train_*.py: its docstring's CPU smoke command runs on a tiny folder
-dataset, writes the run folder, resumes and continues; and a few steps on a fixed batch lower its loss.
+dataset, writes the run folder, resumes and continues, and the run enhances a photo through
+enhance.py's loader; and a few steps on a fixed batch lower its loss.
 
 The smoke command is read from the script's docstring (the lines after 'CPU smoke test'), so the
 command a user copies is the one that is tested. The test adds --data (unless the command names it),
@@ -12,8 +13,11 @@ import json
 import shlex
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+
+from utils.inference import load_enhancer
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = sorted(ROOT.glob("train_*.py"))
@@ -80,6 +84,12 @@ def test_smoke_run_and_resume(script, tiny_pairs, tmp_path):
     resumed[resumed.index("--steps") + 1] = str(steps + 2)
     module.main(resumed + ["--resume", str(out)])
     assert set(checkpoint_steps(out)) == {steps + 2}
+
+    # the run folder (a cross-validation folder: the ensemble of its folds) enhances an odd-sized photo
+    photo = np.random.default_rng(0).random((37, 51, 3), dtype=np.float32)
+    enhanced = load_enhancer(out, tile=0).enhance(photo)
+    assert enhanced.shape == photo.shape and np.isfinite(enhanced).all()
+    assert enhanced.min() >= 0 and enhanced.max() <= 1
 
 
 @pytest.mark.parametrize("script", [s for s in SCRIPTS if "train_batches" in s.read_text()], ids=lambda p: p.stem)
