@@ -39,8 +39,9 @@ AMP_MODES = ("none", "bf16", "fp16")
 # Defaults of enhance.py / evaluate.py / report.py, chosen by measurement (tools/bench_enhance.py;
 # README "Enhance, evaluate, compare"): 512 is the training crop of every catalog recipe, so
 # Restormer's channel attention sees the statistics it was trained on. That is quality over CPU speed:
-# on 2 CPU cores 256-px tiles enhance a 7 MP photo in 1008 s (1.6 GiB) against 1311 s (2.8 GiB). Any overlap removes the seams of hard tile borders (Restormer Base: max error 93/255
-# -> 23/255); beyond 32 the agreement with whole-image output does not improve, while the work grows
+# on 2 CPU cores 256-px tiles enhance a 7 MP photo in 1008 s (1.6 GiB) against 1311 s (2.8 GiB).
+# Any overlap removes the seams of hard tile borders (Restormer Base: max error 92/255 -> 23/255);
+# beyond 32 the agreement with whole-image output does not improve, while the work grows
 # as (tile / (tile - overlap))^2: 1.14x at 32, 1.31x at 64.
 DEFAULT_TILE = 512
 DEFAULT_OVERLAP = 32
