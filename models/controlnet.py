@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from utils.checkpoint import build_model, load_pretrained, model_spec, unwrap_model
-from utils.tiling import pad_to_multiple
+from models.padding import pad_to_multiple
 
 EXTRAS_HINT = "pip install -r requirements-extras.txt"
 TINY_RANDOM = "tiny-random"

@@ -14,6 +14,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .padding import pad_to_multiple
+
 __all__ = ["DarkIR", "darkir_m", "darkir_l"]
 
 
@@ -251,7 +253,7 @@ class DarkIR(nn.Module):
         estimate of shape (N, C, ceil(H / s), ceil(W / s)), s = ``padder_size``.
         """
         height, width = x.shape[-2:]
-        padded = self._pad_to_multiple(x)
+        padded, _ = pad_to_multiple(x, self.padder_size, mode="constant")
         feats = self.intro(padded)
 
         skips = []
@@ -270,15 +272,6 @@ class DarkIR(nn.Module):
         if side_loss:
             return self.side_out(light), out
         return out
-
-    def _pad_to_multiple(self, x: torch.Tensor) -> torch.Tensor:
-        """Zero-pad bottom/right so H and W are multiples of ``padder_size``."""
-        height, width = x.shape[-2:]
-        pad_h = -height % self.padder_size
-        pad_w = -width % self.padder_size
-        if pad_h == 0 and pad_w == 0:
-            return x
-        return F.pad(x, (0, pad_w, 0, pad_h))
 
 
 def darkir_m(**overrides) -> DarkIR:

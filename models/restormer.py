@@ -23,6 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from .padding import pad_to_multiple
+
 ATTENTION_KINDS = ("sdpa", "matmul")
 LAYER_NORM_TYPES = ("WithBias", "BiasFree")
 # Three 2x downsamplings: the spatial size must be divisible by 2**3.
@@ -309,13 +311,7 @@ class Restormer(nn.Module):
             raise ValueError(
                 f"Restormer expects input of shape (N, {self.inp_channels}, H, W), got {tuple(inp_img.shape)}"
             )
-        height, width = inp_img.shape[-2:]
-        pad_bottom, pad_right = -height % SIZE_MULTIPLE, -width % SIZE_MULTIPLE
-        padded = inp_img
-        if pad_bottom or pad_right:
-            # Reflect needs the pad to be smaller than the side; tiny inputs fall back to edge replication.
-            mode = "reflect" if pad_bottom < height and pad_right < width else "replicate"
-            padded = F.pad(inp_img, (0, pad_right, 0, pad_bottom), mode=mode)
+        padded, (height, width) = pad_to_multiple(inp_img, SIZE_MULTIPLE)
 
         inp_enc_level1 = self.patch_embed(padded)
         out_enc_level1 = self._run_stage(self.encoder_level1, inp_enc_level1)

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from utils.checkpoint import load_pretrained
-from utils.tiling import pad_to_multiple
+from .padding import pad_to_multiple
 
 from .restormer import SIZE_MULTIPLE, Restormer
 

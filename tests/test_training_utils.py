@@ -5,7 +5,8 @@ import torch
 from torch import nn
 
 from utils.checkpoint import CheckpointError, build_model, load_pretrained, model_spec, save_checkpoint
-from utils.tiling import pad_to_multiple, tiled_forward
+from models.padding import pad_to_multiple
+from utils.tiling import tiled_forward
 from utils.training import (EMA, LossTracker, NonFiniteLossError, TrainingState, TrainStep, build_optimizer,
                             cosine_with_warmup, make_grad_scaler, make_train_step)
 

@@ -4,18 +4,8 @@ Peak device memory is bounded by ``batch_size`` tiles, not by the photo: the pho
 output stay where the input lives (usually the CPU) and only tiles travel to the device.
 """
 import torch
-import torch.nn.functional as F
 
-
-def pad_to_multiple(image: torch.Tensor, multiple: int, mode: str = "reflect"):
-    """Pad (N, C, H, W) on the bottom/right to multiples of ``multiple``; returns (padded, (H, W))."""
-    height, width = image.shape[-2:]
-    pad_h, pad_w = (-height) % multiple, (-width) % multiple
-    if pad_h or pad_w:
-        # reflect needs the pad to be smaller than the side; replicate covers tiny images.
-        mode = mode if pad_h < height and pad_w < width else "replicate"
-        image = F.pad(image, (0, pad_w, 0, pad_h), mode=mode)
-    return image, (height, width)
+from models.padding import pad_to_multiple
 
 
 def _tile_starts(length: int, tile: int, stride: int) -> list:
