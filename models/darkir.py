@@ -12,7 +12,6 @@ from typing import Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .padding import pad_to_multiple
 
