@@ -353,7 +353,7 @@ class DAT(nn.Module):
         self.conv_first = nn.Conv2d(in_chans, embed_dim, 3, 1, 1)
         self.num_layers, self.use_chk, self.num_features, self.embed_dim = len(depth), use_chk, embed_dim, embed_dim
         self.before_RG = nn.Sequential(_Tokens(), nn.LayerNorm(embed_dim))
-        rates = torch.linspace(0, drop_path_rate, sum(depth)).tolist()
+        rates = torch.linspace(0, drop_path_rate, sum(depth), device="cpu").tolist()
         self.layers = nn.ModuleList([
             ResidualGroup(embed_dim, img_size, num_heads[i], split_size, expansion_factor, qkv_bias, qk_scale, drop_rate,
                           attn_drop_rate, rates[sum(depth[:i]):sum(depth[:i + 1])], act_layer, norm_layer, depth[i],
