@@ -205,3 +205,17 @@ def test_bad_configs_raise_one_line_errors():
         DAT(img_size=20, split_size=[8, 16])
     with pytest.raises(ValueError, match="expects input of shape"):
         tiny("hat")(torch.rand(1, 4, 16, 16))
+
+
+def test_enhance_tiles_at_multiples_of_the_window(tmp_path):
+    from utils.checkpoint import model_spec, save_checkpoint
+    from utils.inference import load_enhancer
+    kwargs = {**TINY_HAT, "img_size": 64, "window_size": 16}
+    model = HAT(**kwargs)
+    path = tmp_path / "hat.pt"
+    save_checkpoint(path, step=0, model=model, config={"model": model_spec(model, kwargs)})
+    photo = torch.rand(40, 56, 3).numpy()
+    enhanced = load_enhancer(path, tile=32, overlap=8).enhance(photo)
+    assert enhanced.shape == photo.shape and (enhanced >= 0).all() and (enhanced <= 1).all()
+    with pytest.raises(ValueError, match="multiple of 16 for HAT"):
+        load_enhancer(path, tile=24, overlap=8)
