@@ -147,9 +147,12 @@ class Spatial_Attention(nn.Module):  # noqa: N801 - the official name
             pos = self.pos(self.rpe_biases)
             bias = pos[self.relative_position_index.view(-1)].view(tokens, tokens, -1).permute(2, 0, 1)
         if mask is not None:
+            # (B, windows * heads, N, d) against a (1, windows * heads, N, N) bias: 4-D, so the fused
+            # attention kernels apply, with the mask broadcast over the batch.
             num_masks = mask.shape[0]
-            q, k, v = (t.reshape(windows // num_masks, num_masks, self.num_heads, tokens, -1) for t in (q, k, v))
+            q, k, v = (t.reshape(windows // num_masks, num_masks * self.num_heads, tokens, -1) for t in (q, k, v))
             bias = mask[:, None] if bias is None else bias + mask[:, None]
+            bias = bias.expand(num_masks, self.num_heads, tokens, tokens).reshape(1, -1, tokens, tokens)
         dropout = self.attn_drop.p if self.training else 0.0
         bias = bias.to(q.dtype) if bias is not None else None
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout, scale=self.scale)

@@ -124,11 +124,11 @@ class WindowAttention(nn.Module):
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         bias = self.relative_position_bias_table[rpi.view(-1)].view(tokens, tokens, -1).permute(2, 0, 1)
         if mask is not None:
+            # (B, windows * heads, N, d) against a (1, windows * heads, N, N) bias: 4-D, so the fused
+            # attention kernels apply, with the mask broadcast over the batch.
             num_masks = mask.shape[0]
-            q = q.view(windows // num_masks, num_masks, self.num_heads, tokens, -1)
-            k = k.view_as(q)
-            v = v.view_as(q)
-            bias = bias + mask[:, None]
+            q, k, v = (t.reshape(windows // num_masks, num_masks * self.num_heads, tokens, -1) for t in (q, k, v))
+            bias = (bias + mask[:, None]).reshape(1, num_masks * self.num_heads, tokens, tokens)
         dropout = self.attn_drop.p if self.training else 0.0
         out = _attend(q, k, v, bias, self.scale, dropout).reshape(windows, self.num_heads, tokens, -1)
         return self.proj_drop(self.proj(out.transpose(1, 2).reshape(windows, tokens, channels)))
