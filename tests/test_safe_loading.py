@@ -72,13 +72,27 @@ def code_running_file(tmp_path, monkeypatch):
 def _assert_refused(error, path):
     message = str(error)
     assert "\n" not in message
-    assert str(path) in message and "pathlib" in message and "--trust-checkpoint" in message
+    assert str(path) in message and "getattr" in message and "--trust-checkpoint" in message
 
 
 def test_the_crafted_file_does_run_code_when_trusted(code_running_file):
     path, marker = code_running_file  # proves the file is a real attack, so the tests below can fail
     load_checkpoint(path, trust=True)
     assert marker.exists()
+
+
+@pytest.mark.parametrize("zip_format", [True, False])
+def test_refusal_names_the_file_and_type_in_both_file_formats(tmp_path, zip_format):
+    marker, path = tmp_path / "MARKER", tmp_path / "downloaded.pth"
+    torch.save({"params": CreatesMarker(marker)}, path, _use_new_zipfile_serialization=zip_format)
+    with pytest.raises(CheckpointError) as refused:
+        load_pretrained(_restormer(0), path)
+    _assert_refused(refused.value, path)
+    assert not marker.exists()
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="cannot read checkpoint .*corrupt.pt"):
+        load_checkpoint(corrupt, trust=True)
 
 
 def test_pretrained_refuses_the_code_running_file(code_running_file, tiny_pairs, tmp_path):

@@ -150,23 +150,25 @@ def checkpoints_trusted() -> bool:
     return _trust_flag or os.environ.get(TRUST_ENV) == "1"
 
 
-def refused_globals(path, error: Exception) -> str:
-    """What the restricted unpickler refuses in ``path``: every class/function the file names outside
-    the allowed ones (read from the pickle without running it), else the one in torch's message."""
+def refused_globals(path, error: Exception):
+    """The classes/functions that made the restricted unpickler refuse ``path``, read from the pickle
+    without running it (else from torch's message), joined by commas; None when the file names none
+    (then it is corrupt, not refused)."""
     try:
         with torch.serialization.safe_globals(NUMPY_ARRAY_GLOBALS):
             names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-    except Exception:  # the legacy (non-zip) format cannot be scanned
+    except Exception:  # the legacy (non-zip) format and corrupt files cannot be scanned
         names = []
     if names:
         return ", ".join(sorted(names))
-    message = str(error)
-    found = re.search(r"GLOBAL ([\w.]+)", message) or re.search(r"WeightsUnpickler error:\s*([^\n]+)", message)
-    return found.group(1).strip() if found else "a type outside plain data"
+    found = re.search(r"GLOBAL ([\w.]+)|but got <class '([\w.]+)'>", str(error))
+    return (found.group(1) or found.group(2)) if found else None
 
 
 def _read_error(path, error) -> CheckpointError:
-    first_line = (str(error).strip().splitlines() or [""])[0]
+    # torch's weights-only message starts with generic advice; its reason follows this marker
+    reason = re.search(r"WeightsUnpickler error:\s*([^\n]+)", str(error))
+    first_line = reason.group(1).strip() if reason else (str(error).strip().splitlines() or [""])[0]
     return CheckpointError(f"cannot read checkpoint {path}: {type(error).__name__}: {first_line}")
 
 
@@ -191,15 +193,15 @@ def load_checkpoint(path, map_location="cpu", trust: bool = None) -> dict:
         with torch.serialization.safe_globals(NUMPY_ARRAY_GLOBALS):
             return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
-        if "Weights only load failed" not in str(error):
-            raise _read_error(path, error) from error
         refused = refused_globals(path, error)
+        if refused is None:
+            raise _read_error(path, error) from error
     except Exception as error:  # torch raises several types for truncated/corrupt files
         raise _read_error(path, error) from error
     if not (checkpoints_trusted() if trust is None else trust):
         raise CheckpointError(
-            f"refused to load {path}: it needs {refused}, which is not plain weights data (unpickling it could "
-            f"run code); if you trust the file, pass --trust-checkpoint (or set {TRUST_ENV}=1), or convert it "
+            f"refused to load {path}: it names {refused}, not plain weights data (unpickling it could run "
+            f"code); if you trust the file, pass --trust-checkpoint (or set {TRUST_ENV}=1), or convert it "
             f"once: {CONVERT_HINT} {path} {path.with_suffix('.safetensors')}")
     print(f"warning: {path} holds {refused}: unpickled in full because checkpoints are trusted "
           f"(--trust-checkpoint / {TRUST_ENV}=1)", file=sys.stderr)
