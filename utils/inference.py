@@ -148,7 +148,7 @@ class NetworkModel:
                 raise CheckpointError(f"{self.source}: input feature 'depth' needs config['depth_model'] "
                                       "(the MiDaS/DPT folder the run was trained with)")
             if self._depth_estimator is None:
-                from models.depth import load_depth_model
+                from .features import load_depth_model
                 self._depth_estimator = load_depth_model(self.depth_model, self.device,
                                                          autocast_dtype=_autocast_dtype(self.amp))
             photo_cache[key] = self._depth_estimator(rgb)
