@@ -198,8 +198,8 @@ def build_inputs(rgb: torch.Tensor, spec: Sequence[str], depth: torch.Tensor | N
 
     rgb: (N, 3, H, W) in [0, 1]. depth: (N, 1, H, W) in [0, 1], 0 = near, 1 = far (from
     ``models.depth.DepthEstimator`` or its disk cache, ``data.depth_dataset.DepthCache``); required if
-    and only if 'depth' is in the spec, and moved to rgb's device and dtype. Features that share intermediates (luminance, edges,
-    saturation for the proxy) compute them once.
+    and only if 'depth' is in the spec, and moved to rgb's device and dtype. Features that share
+    intermediates (luminance, edges, saturation for the proxy) compute them once.
 
     Returns (N, 3 + len(spec), H, W).
     """

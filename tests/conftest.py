@@ -105,7 +105,7 @@ def constant(rgb, size=8):
 
 @pytest.fixture(scope="module")
 def random_vgg():
-    """(VGGPerceptualLoss, GramStyleLoss) on a random VGG19 (built once per module: the same code path as real weights)."""
+    """(VGGPerceptualLoss, GramStyleLoss) on a random VGG19, built once per module: the code path of real weights."""
     from losses.perceptual import GramStyleLoss, VGGPerceptualLoss
     with pytest.warns(UserWarning, match="randomly initialised"):
         return VGGPerceptualLoss(vgg_weights="random"), GramStyleLoss(vgg_weights="random")
