@@ -31,6 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from models.expand import INPUT_CONV_KEY, expand_to_model
+
 CHECKPOINT_FORMAT = "rehdr-checkpoint-v1"
 # Keys under which published checkpoints keep their weights, in order of preference.
 WEIGHT_KEYS = ("params_ema", "params", "ema", "model", "state_dict")
@@ -271,3 +273,40 @@ def load_pretrained(model: torch.nn.Module, path_or_checkpoint, strict: bool = T
     compatible = {k: v for k, v in state_dict.items() if k in own and v.shape == own[k].shape}
     target.load_state_dict(compatible, strict=False)
     return missing, unexpected
+
+
+def load_pretrained_expanding(model: torch.nn.Module, path, zero_init_extra_channels: bool = True,
+                              key: str = INPUT_CONV_KEY):
+    """Load RGB (or same-width) pretrained weights from ``path`` into ``model``, widening its input convolution.
+
+    Files whose ``key`` weight has fewer input channels than the model's get it expanded by
+    :func:`models.expand.expand_to_model`: zeros for the extra channels with ``zero_init_extra_channels``
+    (the model starts out computing exactly the pretrained output), else the model's own fresh
+    random initialisation for them. Every other weight must fit exactly (strict loading, as
+    :func:`load_pretrained`). Returns ``load_pretrained``'s (missing, unexpected).
+    """
+    state_dict = extract_state_dict(load_checkpoint(path))
+    expanded = expand_to_model(unwrap_model(model), state_dict, zero_init_extra_channels, key)
+    if expanded is not state_dict:
+        init = "zeros" if zero_init_extra_channels else "random"
+        print(f"pretrained {path}: {key} expanded from {state_dict[key].shape[1]} to {expanded[key].shape[1]} "
+              f"input channels ({init} for the extra ones)")
+    try:
+        return load_pretrained(model, expanded, strict=True)
+    except CheckpointError as error:
+        raise CheckpointError(f"--pretrained {path}: {error}") from None
+
+
+def load_pretrained_restormer(model: torch.nn.Module, path_or_checkpoint) -> None:
+    """Restormer weights (official ``params``/``params_ema`` files, a Restormer checkpoint of this
+    codebase, or such a dict already loaded) into a ``models.zero_conv.ZeroConvRestormer``: its
+    locked model and trainable copy, through ``load_restormer_state_dict``. Raises
+    :class:`CheckpointError` naming what does not fit."""
+    checkpoint = path_or_checkpoint if isinstance(path_or_checkpoint, dict) else load_checkpoint(path_or_checkpoint)
+    zero_conv = unwrap_model(model)
+    try:
+        zero_conv.load_restormer_state_dict(extract_state_dict(checkpoint))
+    except RuntimeError:
+        # load_pretrained names the missing, unexpected and mismatched weights (strict: it raises).
+        load_pretrained(zero_conv.locked, path_or_checkpoint, strict=True)
+        raise
