@@ -323,7 +323,8 @@ class RetinexFormer(RetinexModel):
 
     Constructor arguments are the official ones with the official defaults (``n_feat=31, stage=3,
     num_blocks=[1, 1, 1]``); the published files use ``n_feat=40, stage=1, num_blocks=[1, 2, 2]``
-    (:meth:`catalog`). ``n_feat`` must be divisible by 4. ``grad_checkpoint`` (keyword-only) recomputes
+    (:meth:`catalog`). ``n_feat`` must be divisible by 4 -- so the official default 31 cannot be built,
+    in the official code either; every option file passes it. ``grad_checkpoint`` (keyword-only) recomputes
     blocks in backward. See the module docstring for the forward pass and the additions.
     """
 
