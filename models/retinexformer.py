@@ -180,8 +180,10 @@ class IGAB(nn.Module):
 
 
 class RetinexUNet(nn.Module):
-    """The restorer U-Net both Retinex models share; ``block(dim, num_blocks, heads, level)`` builds
-    the guided blocks of one level (level 0 = full resolution, ``LEVELS`` = bottleneck).
+    """The restorer U-Net both Retinex models share; ``block(width, num_blocks, heads, place)`` builds
+    the guided blocks of one place: ``("encoder", i)`` and ``("decoder", i)`` for i = 0..level-1 in
+    construction order (encoder i at 1/2**i resolution, decoder i at 1/2**(level-1-i)), and
+    ``("bottleneck", level)``.
 
     ``embedding`` (3x3) -> per level: blocks, a stride-2 4x4 conv for the features and one for the
     illumination features -> bottleneck blocks -> per level: 2x2 transposed conv, 1x1 fusion with the
@@ -199,17 +201,17 @@ class RetinexUNet(nn.Module):
         width = dim
         for index in range(level):
             self.encoder_layers.append(nn.ModuleList([
-                block(width, num_blocks[index], width // dim, index),
+                block(width, num_blocks[index], width // dim, ("encoder", index)),
                 nn.Conv2d(width, width * 2, 4, 2, 1, bias=False),
                 nn.Conv2d(width, width * 2, 4, 2, 1, bias=False)]))
             width *= 2
-        self.bottleneck = block(width, num_blocks[-1], width // dim, level)
+        self.bottleneck = block(width, num_blocks[-1], width // dim, ("bottleneck", level))
         self.decoder_layers = nn.ModuleList()
         for index in range(level):
             self.decoder_layers.append(nn.ModuleList([
                 nn.ConvTranspose2d(width, width // 2, stride=2, kernel_size=2, padding=0, output_padding=0),
                 nn.Conv2d(width, width // 2, 1, 1, bias=False),
-                block(width // 2, num_blocks[level - 1 - index], width // 2 // dim, level - 1 - index)]))
+                block(width // 2, num_blocks[level - 1 - index], width // 2 // dim, ("decoder", index))]))
             width //= 2
         self.mapping = nn.Conv2d(dim, out_dim, 3, 1, 1, bias=False)
 
