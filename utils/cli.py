@@ -15,6 +15,7 @@ from pathlib import Path
 
 from data.mixup import MIXUP_BETA
 
+from .checkpoint import add_trust_flag, set_trust_checkpoints
 from .training import resolve_amp, select_device
 
 OOM_HINT = "on out-of-memory lower --batch-size or --crop, or add --grad-checkpoint / --amp bf16"
@@ -56,6 +57,7 @@ def base_parser(description: str, **defaults) -> argparse.ArgumentParser:
     run = parser.add_argument_group("run")
     run.add_argument("--out", default=None, help="run folder (default: runs/<script name>)")
     run.add_argument("--resume", default=None, help="continue from a checkpoint (a .pt file or a run folder)")
+    add_trust_flag(run)
     run.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, ...")
     run.add_argument("--seed", type=int, default=0, help="seed of everything random (saved with the run)")
     run.add_argument("--val-every", type=int, default=1000, help="validate every N optimizer steps")
@@ -81,6 +83,7 @@ def parse_args(parser: argparse.ArgumentParser, argv=None, demo_budget: dict = N
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     given = explicit_flags(parser, argv)
+    set_trust_checkpoints(args.trust_checkpoint)
     args.script = script or Path(sys.argv[0]).stem
     args.device = str(select_device(args.device))
     args.demo = args.data is None

@@ -31,7 +31,8 @@ import torch
 from data.io import read_metadata, write_image
 from models.controlnet import controlnet_member
 
-from .checkpoint import CheckpointError, build_model, load_checkpoint, load_pretrained
+from .checkpoint import (CheckpointError, add_trust_flag, build_model, load_checkpoint, load_pretrained,
+                         set_trust_checkpoints)
 from .tiling import tiled_forward
 from .training import autocast, configure_backend, resolve_amp, select_device
 
@@ -276,6 +277,7 @@ def add_inference_args(parser: argparse.ArgumentParser, checkpoint: str = "optio
         group.add_argument("--checkpoint", nargs="+", required=checkpoint == "required", metavar="CKPT",
                            help="a .pt file, a run folder (its best.pt, else last.pt), a folder of fold_*/ runs, "
                                 "or several of these: the mean of their outputs (an ensemble)")
+    add_trust_flag(group)
     group.add_argument("--tile", type=int, default=DEFAULT_TILE,
                        help=f"tile size in pixels, a multiple of 8 (0: whole photos; default {DEFAULT_TILE})")
     group.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP,
@@ -295,6 +297,7 @@ def add_inference_args(parser: argparse.ArgumentParser, checkpoint: str = "optio
 def enhancer_from_args(args, checkpoints=None) -> Enhancer:
     """The :class:`Enhancer` the flags of :func:`add_inference_args` describe (``checkpoints``
     replaces ``--checkpoint``); prints what was loaded."""
+    set_trust_checkpoints(args.trust_checkpoint)
     device = select_device(args.device)
     configure_backend(device)
     batch_size = args.batch_size or (DEFAULT_BATCH_SIZE if device.type == "cuda" else 1)
