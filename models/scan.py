@@ -22,10 +22,11 @@ pure-PyTorch scan that is parallel over the sequence and bounded in memory:
   length); the state is carried from one segment to the next. While training, each segment is
   recomputed in the backward pass (activation checkpointing), so what stays saved is linear in L
   and small: the inputs and one (batch, dim, N) state per segment;
-* inside a segment, chunks of ``chunk_size`` steps are scanned in parallel with a Hillis-Steele
-  (associative) scan of the pairs (decay, input) — log2(chunk_size) vectorised passes, products of
-  decays only, so nothing overflows however strong the decay —, then the chunks' end states are
-  scanned the same way and each step adds its chunk's incoming state times its cumulative decay.
+* inside a segment, all chunks of ``chunk_size`` steps are scanned at once from a zero state (one
+  vectorised step per position of a chunk, so ``chunk_size`` Python steps whatever L is), the chunks'
+  end states are combined by a Hillis-Steele (associative) scan over the chunks (log2 of their count
+  vectorised passes), and each step adds its chunk's incoming state times exp(A * cumulative delta)
+  -- a decay, never a growth, so nothing overflows however strong the decay.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-# Steps scanned together by the associative scan inside a chunk (log2 of it vectorised passes).
+# Steps of a chunk: Python steps per segment (the chunks of a segment run side by side).
 CHUNK_SIZE = 32
 # Largest segment, in state values (batch * dim * N * steps): 2**25 float32 = 128 MiB per tensor.
 SEGMENT_ELEMENTS = 2 ** 25
@@ -76,14 +77,13 @@ def _shift_combine(decay, value, step, dim):
 
 
 def _associative_scan(decay, value, dim):
-    """Inclusive scan of h[t] = decay[t] * h[t-1] + value[t] (h[-1] = 0) along ``dim``.
-
-    Returns (cumulative decay prod_{s<=t} decay[s], h)."""
+    """Inclusive scan h[t] = decay[t] * h[t-1] + value[t] (h[-1] = 0) along ``dim``, in log2(length)
+    vectorised Hillis-Steele passes."""
     step = 1
     while step < decay.shape[dim]:
         decay, value = _shift_combine(decay, value, step, dim)
         step *= 2
-    return decay, value
+    return value
 
 
 def _scan_segment(state, u, delta, A, B, C, chunk_size: int):
@@ -93,6 +93,7 @@ def _scan_segment(state, u, delta, A, B, C, chunk_size: int):
     (1, G, H, 1, N), ``B``/``C`` broadcast to it (steps = 1 when constant in time), ``state`` has
     steps = 1."""
     length = u.shape[3]
+    chunk_size = min(chunk_size, length)
     pad = (-length) % chunk_size
     if pad:  # padded steps have delta = 0: decay 1, input 0, so the state passes through unchanged
         u, delta = F.pad(u, (0, 0, 0, pad)), F.pad(delta, (0, 0, 0, pad))
@@ -101,14 +102,23 @@ def _scan_segment(state, u, delta, A, B, C, chunk_size: int):
     chunks = (length + pad) // chunk_size
     decay = torch.exp(delta * A).unflatten(3, (chunks, chunk_size))
     drive = (delta * u * B).unflatten(3, (chunks, chunk_size))
-    cumulative_decay, local = _associative_scan(decay, drive, dim=4)
+    # Every chunk from a zero state at once: one vectorised step per position of a chunk.
+    # (unbind, not indexing: its backward is one stack, where each index would scatter a full tensor)
+    drives, decays = drive.unbind(4), decay.unbind(4)
+    local = [drives[0]]
+    for step in range(1, chunk_size):
+        local.append(torch.addcmul(drives[step], decays[step], local[-1]))
+    local = torch.stack(local, dim=4)
+    # Decay from a chunk's start to each of its steps: exp(A * cumulative delta), never above the
+    # true product, so nothing overflows however strong the decay.
+    cumulative_decay = torch.exp(delta.unflatten(3, (chunks, chunk_size)).cumsum(4) * A.unsqueeze(3))
     chunk_decay, chunk_end = cumulative_decay[:, :, :, :, -1], local[:, :, :, :, -1]
     # The incoming state enters through the first chunk; then chunk ends are scanned like steps.
     chunk_end = torch.cat([chunk_end[:, :, :, :1] + chunk_decay[:, :, :, :1] * state,
                            chunk_end[:, :, :, 1:]], dim=3)
-    _, chunk_state = _associative_scan(chunk_decay, chunk_end, dim=3)
+    chunk_state = _associative_scan(chunk_decay, chunk_end, dim=3)
     incoming = torch.cat([state, chunk_state[:, :, :, :-1]], dim=3)
-    states = (local + cumulative_decay * incoming.unsqueeze(4)).flatten(3, 4)[:, :, :, :length]
+    states = torch.addcmul(local, cumulative_decay, incoming.unsqueeze(4)).flatten(3, 4)[:, :, :, :length]
     y = (states * C).sum(-1)
     return y, chunk_state[:, :, :, -1:]
 
