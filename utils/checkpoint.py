@@ -241,6 +241,31 @@ def extract_state_dict(checkpoint, prefer_ema: bool = True) -> dict:
     return cleaned
 
 
+def rename_legacy_keys(state_dict: dict, model: torch.nn.Module) -> tuple:
+    """Map the keys of an older official naming onto ``model``'s; returns ``(state_dict, renamed)``.
+
+    A model class that was published under more than one key naming for the same tensors declares
+    ``checkpoint_key_renames``: ``(pattern, replacement)`` regular-expression pairs from an older name
+    to the current one. A key the model lacks is renamed by the first pair that turns it into a key
+    the model has; ``renamed`` lists the ``(old, new)`` pairs applied.
+    """
+    renames = getattr(type(model), "checkpoint_key_renames", ())
+    if not renames:
+        return state_dict, []
+    own = model.state_dict()
+    result, renamed = {}, []
+    for name, value in state_dict.items():
+        if name not in own:
+            for pattern, replacement in renames:
+                candidate = re.sub(pattern, replacement, name)
+                if candidate != name and candidate in own:
+                    renamed.append((name, candidate))
+                    name = candidate
+                    break
+        result[name] = value
+    return result, renamed
+
+
 def load_pretrained(model: torch.nn.Module, path_or_checkpoint, strict: bool = True,
                     prefer_ema: bool = True, verbose: bool = True):
     """Load weights from a file (or an already loaded dict) into ``model``; loud about mismatches.
@@ -248,7 +273,8 @@ def load_pretrained(model: torch.nn.Module, path_or_checkpoint, strict: bool = T
     ``path_or_checkpoint``: any file :func:`load_checkpoint` reads (``.pt``/``.pth``, ``.safetensors``).
     Returns ``(missing_keys, unexpected_keys)``. With ``strict=True`` any missing/unexpected key or
     shape mismatch raises :class:`CheckpointError` naming a few of them; with ``strict=False`` they
-    are printed and the matching tensors are loaded.
+    are printed and the matching tensors are loaded. Keys of an older official naming that the model
+    class declares (:func:`rename_legacy_keys`) are mapped first, and the mapping is printed.
     """
     checkpoint = path_or_checkpoint
     source = "<dict>"
@@ -257,6 +283,11 @@ def load_pretrained(model: torch.nn.Module, path_or_checkpoint, strict: bool = T
         checkpoint = load_checkpoint(path_or_checkpoint)
     state_dict = extract_state_dict(checkpoint, prefer_ema=prefer_ema)
     target = unwrap_model(model)
+    state_dict, renamed = rename_legacy_keys(state_dict, target)
+    if renamed:
+        old, new = renamed[0]
+        print(f"load_pretrained({source}): {len(renamed)} keys of an older {type(target).__name__} naming "
+              f"mapped to the current one (e.g. {old} -> {new})")
     own = target.state_dict()
     missing = [k for k in own if k not in state_dict]
     unexpected = [k for k in state_dict if k not in own]
