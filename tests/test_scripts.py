@@ -131,6 +131,9 @@ LOSS_FLAG_CASES = {
                                       ["--hsv-weight", "0.3", "--saturation-form", "catalog"],
                                       {"l1": 1.0, "ssim": 0.2, "hsv": 0.3, "lab": 0.5},
                                       ("hsv", "saturation_form", "catalog")),
+    "hat_catalog_form": ("train_hat.py", ["--hsv-weight", "0.3", "--saturation-form", "catalog"],
+                         {"charbonnier": 1.0, "lab": 0.5, "hsv": 0.3, "histogram": 0.2},
+                         ("hsv", "saturation_form", "catalog")),
 }
 
 
