@@ -73,7 +73,9 @@ def is_disk_full(error: BaseException, folder=None) -> bool:
         return True
     if isinstance(error, RuntimeError) and any(m in str(error) for m in _TORCH_FULL_DISK_MESSAGES):
         return True
-    return folder is not None and isinstance(error, OSError) and _free_bytes(folder) < 1 << 20
+    # a writer that only reports failure (OpenCV's imwrite), on a file system without room
+    return (folder is not None and isinstance(error, OSError) and error.errno is None
+            and _free_bytes(folder) < 1 << 20)
 
 
 def _free_bytes(folder) -> int:
@@ -96,8 +98,8 @@ def atomic_destination(path):
     except BaseException as error:
         tmp.unlink(missing_ok=True)
         if isinstance(error, Exception) and is_disk_full(error, path.parent):
-            raise DiskFullError(errno.ENOSPC, f"cannot write {path.name}: the disk holding {path.parent} is "
-                                "full; free some space (the previous file, if any, is intact)") from error
+            raise DiskFullError(f"cannot write {path.name}: the disk holding {path.parent} is full; free "
+                                "some space (the previous file, if any, is intact)") from error
         raise
 
 
