@@ -228,3 +228,15 @@ def test_full_disk_is_a_one_line_error(tmp_path, monkeypatch, capsys):
     assert stopped.value.code == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "full" in lines[0]
+
+
+def test_demo_data_on_a_full_disk_is_a_disk_full_error_and_leaves_nothing(tmp_path, monkeypatch):
+    import data.demo
+
+    def full_disk_imwrite(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(data.demo.cv2, "imwrite", full_disk_imwrite)
+    with pytest.raises(DiskFullError, match=f"disk holding {tmp_path} is full"):
+        data.demo.ensure_demo_data(root=tmp_path / "demo", seed=0, num_train=1, num_val=1)
+    assert list(tmp_path.iterdir()) == []
