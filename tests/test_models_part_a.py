@@ -199,7 +199,7 @@ def test_adversarial_script_resumes_the_discriminator_exactly(tiny_pairs, tmp_pa
             "--dim", "8", "--num-blocks", "1", "1", "1", "1", "--num-refinement-blocks", "1", "--heads", "1", "1",
             "1", "1", "--disc-channels", "4", "--style-weight", "0", "--num-samples", "0", "--out", str(tmp_path)]
     module.main(argv)
-    saved = torch.load(tmp_path / "last.pt", map_location="cpu", weights_only=False)["extra"]["modules"]
+    saved = torch.load(tmp_path / "last.pt", map_location="cpu", weights_only=True)["extra"]["modules"]
     run = module.main(argv + ["--resume", str(tmp_path)])  # already at --steps: restores, trains nothing
     restored = {name: obj.state_dict() for name, obj in run.state.extra_modules.items()}
     assert "discriminator" in saved and set(restored) == set(saved)

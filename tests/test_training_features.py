@@ -29,7 +29,7 @@ def _argv(data, out, steps, *extra):
 
 
 def _model(path):
-    return torch.load(path, map_location="cpu", weights_only=False)["model"]
+    return torch.load(path, map_location="cpu", weights_only=True)["model"]
 
 
 def _take(iterator, count):
@@ -111,7 +111,7 @@ def test_recipe_with_grad_accum_equals_the_big_batch_and_logs_optimizer_steps(ti
         torch.testing.assert_close(accumulated[name], value, rtol=1e-4, atol=1e-5)
     records = [json.loads(line) for line in (tmp_path / "accum" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if r["split"] == "train"] == [1, 2]
-    assert torch.load(tmp_path / "accum" / "last.pt", weights_only=False)["step"] == 2
+    assert torch.load(tmp_path / "accum" / "last.pt", weights_only=True)["step"] == 2
 
 
 # --------------------------------------------------------------------------- progressive patches
@@ -164,7 +164,7 @@ def test_recipe_progressive_with_grad_accum_resumes_exactly_and_logs_the_switch(
     monkeypatch.setattr(utils.run, "train_batches", interrupted_in_step_four)
     with pytest.raises(SystemExit):
         recipe.main(_argv(tiny_pairs, tmp_path / "split", 4, *flags))
-    assert torch.load(tmp_path / "split" / "last.pt", weights_only=False)["step"] == 3
+    assert torch.load(tmp_path / "split" / "last.pt", weights_only=True)["step"] == 3
     monkeypatch.setattr(utils.run, "train_batches", real_batches)
     recipe.main(_argv(tiny_pairs, tmp_path / "split", 4, *flags, "--resume", str(tmp_path / "split")))
     full, split = _model(tmp_path / "full" / "last.pt"), _model(tmp_path / "split" / "last.pt")
@@ -182,7 +182,7 @@ def test_keep_best_keeps_the_top_k_and_the_run_ends_with_what_to_do_next(tiny_pa
     assert len(val) == 4
     assert sorted(p.name for p in out.glob("best_step*.pt")) == sorted(f"best_step{s:07d}.pt" for _, s in val[:2])
     best_psnr, best_step = val[0]
-    assert torch.load(out / "best.pt", weights_only=False)["step"] == best_step
+    assert torch.load(out / "best.pt", weights_only=True)["step"] == best_step
     lines = capsys.readouterr().out.strip().splitlines()[-4:]
     assert lines[0].startswith("done: 4 steps")
     assert f"{best_psnr:.2f} dB at step {best_step}" in lines[1] and str(out / "best.pt") in lines[1]
@@ -204,7 +204,7 @@ def test_checkpoint_on_a_full_disk_keeps_the_previous_file_and_says_which_folder
     monkeypatch.setattr(torch, "save", _full_disk_torch_save)
     with pytest.raises(DiskFullError, match=f"disk holding {tmp_path / 'run'} is full"):
         atomic_save({"step": 2}, path)
-    assert torch.load(path, weights_only=False) == {"step": 1}
+    assert torch.load(path, weights_only=True) == {"step": 1}
     assert [p.name for p in path.parent.iterdir()] == ["last.pt"]
 
 

@@ -13,6 +13,7 @@ import copy
 import sys
 from pathlib import Path
 
+from .checkpoint import add_trust_flag, set_trust_checkpoints
 from .training import resolve_amp, select_device
 
 OOM_HINT = "on out-of-memory lower --batch-size or --crop, or add --grad-checkpoint / --amp bf16"
@@ -61,6 +62,7 @@ def base_parser(description: str, **defaults) -> argparse.ArgumentParser:
     run = parser.add_argument_group("run")
     run.add_argument("--out", default=None, help="run folder (default: runs/<script name>)")
     run.add_argument("--resume", default=None, help="continue from a checkpoint (a .pt file or a run folder)")
+    add_trust_flag(run)
     run.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, ...")
     run.add_argument("--seed", type=int, default=0, help="seed of everything random (saved with the run)")
     run.add_argument("--val-every", type=int, default=1000, help="validate every N optimizer steps")
@@ -89,6 +91,7 @@ def parse_args(parser: argparse.ArgumentParser, argv=None, demo_budget: dict = N
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     given = explicit_flags(parser, argv)
+    set_trust_checkpoints(args.trust_checkpoint)
     args.script = script or Path(sys.argv[0]).stem
     args.device = str(select_device(args.device))
     args.demo = args.data is None
@@ -133,6 +136,22 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
     return value
+
+
+def add_schedule_args(parser: argparse.ArgumentParser, optimizer: str = "adamw", schedule: str = "cosine",
+                      milestones=(0.5, 0.8, 0.9, 0.95), gamma: float = 0.5) -> None:
+    """Optimizer and lr-schedule choice for :func:`utils.training.make_train_step` (without these flags it
+    uses AdamW + cosine). The defaults given are the script's recipe; the milestone defaults are
+    BasicSR's [250k, 400k, 450k, 475k] of 500k iterations (HAT, DAT, SwinIR) as fractions of --steps."""
+    group = parser.add_argument_group("optimizer")
+    group.add_argument("--optimizer", choices=("adamw", "adam"), default=optimizer,
+                       help=f"adamw: decoupled weight decay; adam: L2 weight decay (default {optimizer})")
+    group.add_argument("--schedule", choices=("cosine", "multistep"), default=schedule,
+                       help="cosine decay after the warm-up, or the lr times --lr-gamma at each milestone "
+                            f"(default {schedule})")
+    group.add_argument("--milestones", type=float, nargs="+", default=list(milestones), metavar="FRACTION",
+                       help="multistep: fractions of --steps where the lr drops (default %(default)s)")
+    group.add_argument("--lr-gamma", type=float, default=gamma, help="multistep: lr factor per milestone")
 
 
 def run_cli(main) -> None:
