@@ -94,12 +94,16 @@ class Run:
         self.logger = MetricsLogger(self.dir)
         write_config(self.dir, state.config)
 
-    def train_batches(self, dataset, seed: int = None, workers: int = None):
+    def train_batches(self, dataset, seed: int = None, workers: int = None, progressive: bool = True):
         """The training micro-batches of the shared flags (--batch-size, --grad-accum, --progressive,
         --seed, --workers; pinned memory on CUDA) from this run's step on: see
         :func:`data.loaders.train_batches`. --progressive stages count from the run's first step and
-        'official' scales to its length (each phase of a two-phase script gets the whole schedule)."""
+        'official' scales to its length (each phase of a two-phase script gets the whole schedule);
+        ``progressive=False``: a script whose samples have a fixed size refuses the flag."""
         args = self.args
+        if args.progressive and not progressive:
+            raise ValueError(f"--progressive: {args.script} trains on fixed-size samples (diffusion latents); "
+                             "use --crop and --batch-size")
         self.schedule = (PatchSchedule.parse(args.progressive, args.steps - self.first_step)
                          if args.progressive else PatchSchedule.constant(args.batch_size))
         return train_batches(dataset, args.batch_size, args.seed if seed is None else seed,

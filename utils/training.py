@@ -215,10 +215,6 @@ class TrainStep:
         self.bad_streak = (self.bad_streak + loss_bad) * loss_bad
         self.worst_streak = torch.maximum(self.worst_streak, self.bad_streak)
 
-    def accumulate(self, loss: torch.Tensor) -> None:
-        """Backward of a gradient-accumulation micro-batch that is not the step's last (no step)."""
-        self.scaler.scale(loss).backward()
-
     def check(self) -> None:
         """Read the guard (one sync); call at logging intervals."""
         if int(self.worst_streak.item()) >= self.max_bad_steps:
