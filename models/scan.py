@@ -40,8 +40,9 @@ from torch.utils.checkpoint import checkpoint
 
 # Steps of a chunk: Python steps per segment (the chunks of a segment run side by side).
 CHUNK_SIZE = 32
-# Largest segment, in state values (batch * dim * N * steps): 2**25 float32 = 128 MiB per tensor.
-SEGMENT_ELEMENTS = 2 ** 25
+# Largest segment, in state values (batch * dim * N * steps), per device type: on a GPU 2**25 float32
+# (128 MiB per tensor, few kernel launches); on a CPU 2**22 (16 MiB), which stays closer to the caches.
+SEGMENT_ELEMENTS = {"cuda": 2 ** 25, "cpu": 2 ** 22}
 # Scans with more state values than this recompute their segments in the backward pass (below it, the
 # saved graph is a few MiB).
 RECOMPUTE_ELEMENTS = 2 ** 20
@@ -176,8 +177,11 @@ def _grouped(matrix, name, batch, groups, per_group, length):
 
 
 def selective_scan_torch(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                         return_last_state=False, chunk_size=CHUNK_SIZE, segment_elements=SEGMENT_ELEMENTS):
-    """The pure-PyTorch selective scan (any device); arguments and result as :func:`selective_scan`."""
+                         return_last_state=False, chunk_size=CHUNK_SIZE, segment_elements=None):
+    """The pure-PyTorch selective scan (any device); arguments and result as :func:`selective_scan`.
+
+    ``segment_elements`` bounds the state values scanned at once (default: ``SEGMENT_ELEMENTS`` of the
+    device type, the CPU's for devices not listed); ``chunk_size`` is the steps of a chunk."""
     if A.is_complex():
         raise ValueError("selective_scan_torch supports real A only")
     dtype_in = u.dtype
@@ -202,6 +206,8 @@ def selective_scan_torch(u, delta, A, B, C, D=None, z=None, delta_bias=None, del
         B5 = _grouped(B, "B", batch, groups, per_group, length)
         C5 = _grouped(C, "C", batch, groups, per_group, length)
         state = u.new_zeros(batch, groups, per_group, 1, A.shape[1])
+        if segment_elements is None:
+            segment_elements = SEGMENT_ELEMENTS.get(u.device.type, SEGMENT_ELEMENTS["cpu"])
         segment = max(chunk_size, segment_elements // max(1, batch * dim * A.shape[1]) // chunk_size * chunk_size)
         # Small scans keep their graph: recomputing would cost more time than their memory is worth.
         recompute = batch * dim * A.shape[1] * length > RECOMPUTE_ELEMENTS and torch.is_grad_enabled() and any(

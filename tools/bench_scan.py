@@ -84,7 +84,8 @@ def main() -> None:
     parser.add_argument("--d-state", type=int, default=16)
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128, 256], help="image sides S (L = S * S)")
     parser.add_argument("--impls", nargs="+", choices=IMPLEMENTATIONS, default=list(IMPLEMENTATIONS))
-    parser.add_argument("--naive-max-size", type=int, default=256, help="skip the naive loop above this side")
+    parser.add_argument("--naive-max-size", type=int, default=128,
+                        help="skip the naive loop above this side (on one CPU thread it needs minutes at 128)")
     parser.add_argument("--one", nargs=2, metavar=("IMPL", "SIZE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -108,7 +109,7 @@ def main() -> None:
             done = subprocess.run([sys.executable, __file__, "--one", impl, str(size), *shared],
                                   capture_output=True, text=True)
             if done.returncode:
-                cells += ["failed", done.stderr.strip().splitlines()[-1][:60]]
+                cells += ["failed", (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1][:60]]
                 continue
             result = json.loads(done.stdout.strip().splitlines()[-1])
             if "error" in result:
