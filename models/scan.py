@@ -21,13 +21,16 @@ pure-PyTorch scan that is parallel over the sequence and bounded in memory:
 * the sequence is cut into segments of at most ``segment_elements`` state values (batch x dim x N x
   length); the state is carried from one segment to the next. While training, each segment of a
   scan larger than ``RECOMPUTE_ELEMENTS`` is recomputed in the backward pass (activation
-  checkpointing), so what stays saved is linear in L and small: the inputs and one (batch, dim, N)
-  state per segment;
+  checkpointing, ``_RecomputedSegment``), so what stays saved is linear in L and small: the inputs
+  and one (batch, dim, N) state per segment;
 * inside a segment, all chunks of ``chunk_size`` steps are scanned at once from a zero state (one
-  vectorised step per position of a chunk, so ``chunk_size`` Python steps whatever L is), the chunks'
-  end states are combined by a Hillis-Steele (associative) scan over the chunks (log2 of their count
-  vectorised passes), and each step adds its chunk's incoming state times exp(A * cumulative delta)
-  -- a decay, never a growth, so nothing overflows however strong the decay.
+  vectorised in-place step per position of a chunk, so ``chunk_size`` Python steps whatever L is),
+  the chunks' end states are combined by a Hillis-Steele (associative) scan over the chunks (log2 of
+  their count vectorised passes), and each step adds its chunk's incoming state times the running
+  product of the chunk's decays -- factors <= 1, so nothing overflows however strong the decay;
+* the backward pass of the recurrence is written by hand (``_LinearRecurrence``): the adjoint is the
+  same linear recurrence run backwards, so it is one more scan instead of autograd replaying the
+  forward's many small ops.
 """
 
 from __future__ import annotations
@@ -36,7 +39,6 @@ import functools
 
 import torch
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 # Steps of a chunk: Python steps per segment (the chunks of a segment run side by side).
 CHUNK_SIZE = 32
@@ -44,8 +46,8 @@ CHUNK_SIZE = 32
 # (128 MiB per tensor, few kernel launches); on a CPU 2**22 (16 MiB), which stays closer to the caches.
 SEGMENT_ELEMENTS = {"cuda": 2 ** 25, "cpu": 2 ** 22}
 # Scans with more state values than this recompute their segments in the backward pass (below it, the
-# saved graph is a few MiB).
-RECOMPUTE_ELEMENTS = 2 ** 20
+# saved tensors are some 16 MiB each: a 32x32 crop of a small model trains without recomputation).
+RECOMPUTE_ELEMENTS = 2 ** 22
 
 
 @functools.lru_cache(maxsize=1)
@@ -128,41 +130,108 @@ def _associative_scan(decay, value, dim):
     return value
 
 
+def _linear_scan(decay, drive, state, chunk_size: int):
+    """All states of h[t] = decay[t] * h[t-1] + drive[t] (h[-1] = ``state``) along dim 3, and the last.
+
+    Layout (batch, groups, channels per group, steps, N), ``state`` with steps = 1; no autograd
+    (:class:`_LinearRecurrence` gives the backward)."""
+    length = decay.shape[3]
+    chunk_size = min(chunk_size, length)
+    pad = (-length) % chunk_size
+    if pad:  # padded steps decay by 1 and add 0, so the state passes through unchanged
+        decay, drive = F.pad(decay, (0, 0, 0, pad), value=1.0), F.pad(drive, (0, 0, 0, pad))
+    chunks = (length + pad) // chunk_size
+    decay, drive = decay.unflatten(3, (chunks, chunk_size)), drive.unflatten(3, (chunks, chunk_size))
+    # Every chunk from a zero state at once: one vectorised step per position of a chunk, written in
+    # place (no per-step tensors, no final stack).
+    states = drive.clone()
+    for step in range(1, chunk_size):
+        states[:, :, :, :, step].addcmul_(decay[:, :, :, :, step], states[:, :, :, :, step - 1])
+    # Decay from a chunk's start to each of its steps: a running product of factors <= 1, so it never
+    # overflows however strong the decay.
+    cumulative_decay = decay.cumprod(4)
+    chunk_decay, chunk_end = cumulative_decay[:, :, :, :, -1], states[:, :, :, :, -1].clone()
+    # The incoming state enters through the first chunk; then chunk ends are scanned like steps.
+    chunk_end[:, :, :, :1].addcmul_(chunk_decay[:, :, :, :1], state)
+    chunk_state = _associative_scan(chunk_decay, chunk_end, dim=3)
+    incoming = torch.cat([state, chunk_state[:, :, :, :-1]], dim=3)
+    states.addcmul_(cumulative_decay, incoming.unsqueeze(4))
+    states = states.flatten(3, 4)
+    if pad:
+        states = states[:, :, :, :length]
+    return states, chunk_state[:, :, :, -1:]
+
+
+class _LinearRecurrence(torch.autograd.Function):
+    """h[t] = decay[t] * h[t-1] + drive[t] (see :func:`_linear_scan`) with a hand-written backward.
+
+    The adjoint of a linear recurrence is the same recurrence run backwards:
+    g[t] = dL/dh[t] + decay[t+1] * g[t+1] (g after the last step = dL/d last state), and then
+    dL/d drive[t] = g[t], dL/d decay[t] = g[t] * h[t-1], dL/d h[-1] = decay[0] * g[0]. So the backward
+    is one more scan and three products, where autograd through the scan's many small ops would
+    replay each of them."""
+
+    @staticmethod
+    def forward(ctx, decay, drive, state, chunk_size):
+        states, last = _linear_scan(decay, drive, state, chunk_size)
+        ctx.chunk_size = chunk_size
+        ctx.save_for_backward(decay, states, state)
+        return states, last
+
+    @staticmethod
+    def backward(ctx, grad_states, grad_last):
+        decay, states, state = ctx.saved_tensors
+        if grad_states is None:
+            grad_states = torch.zeros_like(states)
+        if grad_last is None:
+            grad_last = torch.zeros_like(state)
+        # Reversed in time, step k decays by decay[L - k] (1 for the first: it only adds dL/d last state).
+        reverse_decay = torch.cat([decay[:, :, :, 1:], torch.ones_like(state)], dim=3).flip(3)
+        grad_drive, _ = _linear_scan(reverse_decay, grad_states.flip(3), grad_last, ctx.chunk_size)
+        grad_drive = grad_drive.flip(3)
+        grad_decay = grad_drive * torch.cat([state, states[:, :, :, :-1]], dim=3)
+        grad_state = decay[:, :, :, :1] * grad_drive[:, :, :, :1]
+        return grad_decay, grad_drive, grad_state, None
+
+
 def _scan_segment(state, u, delta, A, B, C, chunk_size: int):
     """Scan one segment from ``state``; returns (y without the D term, state after the segment).
 
     Layout (batch, groups, channels per group, steps, N): ``u`` and ``delta`` have N = 1, ``A`` is
     (1, G, H, 1, N), ``B``/``C`` broadcast to it (steps = 1 when constant in time), ``state`` has
     steps = 1."""
-    length = u.shape[3]
-    chunk_size = min(chunk_size, length)
-    pad = (-length) % chunk_size
-    if pad:  # padded steps have delta = 0: decay 1, input 0, so the state passes through unchanged
-        u, delta = F.pad(u, (0, 0, 0, pad)), F.pad(delta, (0, 0, 0, pad))
-        if B.shape[3] > 1:
-            B = F.pad(B, (0, 0, 0, pad))
-    chunks = (length + pad) // chunk_size
-    decay = torch.exp(delta * A).unflatten(3, (chunks, chunk_size))
-    drive = (delta * u * B).unflatten(3, (chunks, chunk_size))
-    # Every chunk from a zero state at once: one vectorised step per position of a chunk.
-    # (unbind, not indexing: its backward is one stack, where each index would scatter a full tensor)
-    drives, decays = drive.unbind(4), decay.unbind(4)
-    local = [drives[0]]
-    for step in range(1, chunk_size):
-        local.append(torch.addcmul(drives[step], decays[step], local[-1]))
-    local = torch.stack(local, dim=4)
-    # Decay from a chunk's start to each of its steps: exp(A * cumulative delta), never above the
-    # true product, so nothing overflows however strong the decay.
-    cumulative_decay = torch.exp(delta.unflatten(3, (chunks, chunk_size)).cumsum(4) * A.unsqueeze(3))
-    chunk_decay, chunk_end = cumulative_decay[:, :, :, :, -1], local[:, :, :, :, -1]
-    # The incoming state enters through the first chunk; then chunk ends are scanned like steps.
-    chunk_end = torch.cat([chunk_end[:, :, :, :1] + chunk_decay[:, :, :, :1] * state,
-                           chunk_end[:, :, :, 1:]], dim=3)
-    chunk_state = _associative_scan(chunk_decay, chunk_end, dim=3)
-    incoming = torch.cat([state, chunk_state[:, :, :, :-1]], dim=3)
-    states = torch.addcmul(local, cumulative_decay, incoming.unsqueeze(4)).flatten(3, 4)[:, :, :, :length]
+    decay = torch.exp(delta * A)
+    drive = (delta * u) * B
+    if drive.shape != decay.shape:  # B constant in time and one step: make it a full tensor
+        drive = drive.expand_as(decay)
+    states, last = _LinearRecurrence.apply(decay, drive.contiguous(), state, chunk_size)
     y = (states * C).sum(-1)
-    return y, chunk_state[:, :, :, -1:]
+    return y, last
+
+
+class _RecomputedSegment(torch.autograd.Function):
+    """:func:`_scan_segment` that keeps only its inputs and re-runs itself in the backward pass.
+
+    (torch.utils.checkpoint would do the same but imports torch._dynamo on its first call, seconds of
+    CPU time in every fresh process.)"""
+
+    @staticmethod
+    def forward(ctx, chunk_size, *inputs):
+        ctx.chunk_size = chunk_size
+        ctx.save_for_backward(*inputs)
+        with torch.no_grad():
+            return _scan_segment(*inputs, chunk_size)
+
+    @staticmethod
+    def backward(ctx, grad_y, grad_last):
+        inputs = [t.detach().requires_grad_(t.requires_grad) for t in ctx.saved_tensors]
+        with torch.enable_grad():
+            y, last = _scan_segment(*inputs, ctx.chunk_size)
+        outputs, grads = zip(*[(o, g) for o, g in ((y, grad_y), (last, grad_last))
+                               if g is not None and o.requires_grad])
+        wanted = [t for t in inputs if t.requires_grad]
+        found = iter(torch.autograd.grad(outputs, wanted, grads, allow_unused=True))
+        return (None, *[next(found) if t.requires_grad else None for t in inputs])
 
 
 def _grouped(matrix, name, batch, groups, per_group, length):
@@ -218,11 +287,11 @@ def selective_scan_torch(u, delta, A, B, C, D=None, z=None, delta_bias=None, del
             pieces = (u5[:, :, :, start:stop], delta5[:, :, :, start:stop],
                       B5 if B5.shape[3] == 1 else B5[:, :, :, start:stop],
                       C5 if C5.shape[3] == 1 else C5[:, :, :, start:stop])
-            args = (state, pieces[0], pieces[1], A5, pieces[2], pieces[3], chunk_size)
+            args = (state, pieces[0], pieces[1], A5, pieces[2], pieces[3])
             if recompute:
-                y, state = checkpoint(_scan_segment, *args, use_reentrant=False)
+                y, state = _RecomputedSegment.apply(chunk_size, *args)
             else:
-                y, state = _scan_segment(*args)
+                y, state = _scan_segment(*args, chunk_size)
             ys.append(y)
         out = torch.cat(ys, dim=3).reshape(batch, dim, length)
         if D is not None:
