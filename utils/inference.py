@@ -22,7 +22,9 @@ outputs. Which kind of model a checkpoint holds is decided by :data:`MODEL_KINDS
 with one entry and one loader class that has the same ``predict`` method.
 """
 import argparse
+import hashlib
 import math
+import re
 from pathlib import Path
 
 import cv2
@@ -32,8 +34,8 @@ import torch
 from data.io import read_metadata, write_image
 from models.controlnet import controlnet_member
 
-from .checkpoint import (CheckpointError, add_trust_flag, build_model, load_checkpoint, load_pretrained,
-                         set_trust_checkpoints)
+from .checkpoint import (CheckpointError, add_trust_flag, build_model, extract_state_dict, load_checkpoint,
+                         load_pretrained, model_spec, set_trust_checkpoints)
 from .tiling import tiled_forward
 from .training import autocast, configure_backend, resolve_amp, select_device
 
@@ -205,11 +207,144 @@ def _apply_edit_at_full_size(rgb: np.ndarray, reduced_output: torch.Tensor) -> t
     return torch.from_numpy(result).permute(2, 0, 1)[None].to(reduced_output.device)
 
 
+# ----------------------------------------------------------------- frozen backbone + refiner
+
+def file_sha256(path) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB chunks: the identity of a backbone checkpoint."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def official_restormer_kwargs(state_dict: dict, source) -> dict:
+    """Restormer constructor arguments read off an official (or any) Restormer state dict: widths and
+    input channels from ``patch_embed``, blocks per level from the block indices, heads from each
+    level's attention temperature, the FFN expansion from ``project_in``, the norm type from the
+    presence of norm biases, ``bias`` from the qkv bias (parameter names: swz30/Restormer
+    basicsr/models/archs/restormer_arch.py, as in models/restormer.py)."""
+    if "patch_embed.proj.weight" not in state_dict or "output.weight" not in state_dict:
+        raise CheckpointError(f"{source} is not a Restormer-family checkpoint: expected Restormer weights "
+                              "(patch_embed.proj.weight ... output.weight) or a run of this codebase")
+
+    def depth(prefix):
+        found = {int(m.group(1)) for k in state_dict for m in [re.match(rf"{prefix}\.(\d+)\.", k)] if m}
+        return max(found) + 1 if found else 0
+
+    dim, inp_channels = state_dict["patch_embed.proj.weight"].shape[:2]
+    levels = ("encoder_level1", "encoder_level2", "encoder_level3", "latent")
+    heads = [int(state_dict[f"{level}.0.attn.temperature"].shape[0]) for level in levels]
+    hidden = state_dict["encoder_level1.0.ffn.project_in.weight"].shape[0] // 2
+    ffn_expansion_factor = 2.66 if int(dim * 2.66) == hidden else hidden / dim
+    return dict(inp_channels=int(inp_channels), out_channels=int(state_dict["output.weight"].shape[0]),
+                dim=int(dim), num_blocks=[depth(level) for level in levels],
+                num_refinement_blocks=depth("refinement"), heads=heads, ffn_expansion_factor=ffn_expansion_factor,
+                bias="encoder_level1.0.attn.qkv.bias" in state_dict,
+                LayerNorm_type="WithBias" if "encoder_level1.0.norm1.body.bias" in state_dict else "BiasFree",
+                dual_pixel_task="skip_conv.weight" in state_dict)
+
+
+def load_backbone(path, device, amp: str = "none", tiling: Tiling = None, expected_sha256: str = None):
+    """The frozen backbone of a refiner: ``(member, file, sha256)``.
+
+    ``path``: a run folder or ``.pt`` of this codebase (resolved as enhance.py resolves checkpoints:
+    best.pt, else last.pt; EMA weights preferred), or an official Restormer ``.pth``/``.safetensors``.
+    ``member`` is a :class:`NetworkModel` (the input pipeline the backbone was trained with, tiled
+    inference) whose network is frozen for good: ``requires_grad`` False and eval mode, which
+    ``train()`` cannot undo. ``expected_sha256``: the hash a refiner run recorded; a different file
+    raises. Every failure is a one-line :class:`CheckpointError` naming the file and what was expected.
+    """
+    from models.restormer import Restormer
+    if path is None:
+        raise CheckpointError("--backbone is required: a Restormer run folder / .pt of this codebase, or an "
+                              "official Restormer .pth")
+    try:
+        files = resolve_checkpoints(path)
+    except CheckpointError as error:
+        raise CheckpointError(f"backbone {error}") from error
+    file = files[0]
+    sha256 = file_sha256(file)
+    if expected_sha256 is not None and sha256 != expected_sha256:
+        raise CheckpointError(f"backbone {file} changed since the refiner was trained (SHA-256 {sha256[:12]}..., "
+                              f"recorded {expected_sha256[:12]}...): restore that file or retrain the refiner")
+    checkpoint = load_checkpoint(file)
+    tiling = tiling or Tiling()
+    config = checkpoint.get("config") if isinstance(checkpoint, dict) else None
+    if isinstance(config, dict) and "model" in config:
+        if not ("Restormer" in config["model"]["class"].rpartition(".")[2]):
+            raise CheckpointError(f"backbone {file} holds a {config['model']['class']}, expected a Restormer-family "
+                                  "model (models.restormer.Restormer or a subclass)")
+        member = NetworkModel.from_checkpoint(checkpoint, str(file), device, amp, tiling)
+    else:
+        state_dict = extract_state_dict(checkpoint)
+        kwargs = official_restormer_kwargs(state_dict, file)
+        model = Restormer(**kwargs)
+        load_pretrained(model, {"params": state_dict}, strict=True)
+        member = NetworkModel(model, {"model": model_spec(model, kwargs)}, str(file), device, amp, tiling,
+                              used_ema=isinstance(checkpoint.get("params_ema"), dict))
+    channels = getattr(member.model, "inp_channels", None)
+    if not member.features and channels != 3:
+        raise CheckpointError(f"backbone {file} takes {channels} input channels but names no input features: "
+                              "expected an RGB (3-channel) Restormer")
+    freeze(member.model)
+    return member, file, sha256
+
+
+def freeze(model: torch.nn.Module) -> torch.nn.Module:
+    """No gradients and eval mode for good: ``model.train()`` (e.g. after validation) keeps it in eval."""
+    model.requires_grad_(False).eval()
+    model.train = lambda mode=True: model  # instance attribute: shadows nn.Module.train for this model only
+    return model
+
+
+class RefinerModel:
+    """A frozen backbone and the refiner trained on its output, as one ensemble member: the backbone's
+    tiled output (exactly as in training), then the refiner over tiles of (backbone output, photo)."""
+
+    def __init__(self, backbone: NetworkModel, refiner: NetworkModel):
+        self.backbone, self.refiner = backbone, refiner
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: dict, source: str, device, amp: str, tiling: Tiling,
+                        sampling: dict = None) -> "RefinerModel":
+        """The refiner's checkpoint names its backbone (``config['refiner']``: path and SHA-256); the
+        backbone file must still be there and unchanged."""
+        record = checkpoint["config"]["refiner"]
+        try:
+            backbone, _, _ = load_backbone(record["backbone"], device, amp, tiling, record["backbone_sha256"])
+        except CheckpointError as error:
+            raise CheckpointError(f"{source}: {error}") from error
+        return cls(backbone, NetworkModel.from_checkpoint(checkpoint, source, device, amp, tiling))
+
+    @property
+    def num_parameters(self) -> int:
+        return self.backbone.num_parameters + self.refiner.num_parameters
+
+    def describe(self) -> str:
+        return f"{self.refiner.describe()} on frozen {self.backbone.describe()}"
+
+    @torch.no_grad()
+    def predict(self, rgb: np.ndarray, photo_cache: dict = None) -> torch.Tensor:
+        base = self.backbone.predict(rgb, photo_cache)
+        photo = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].to(base.device)
+        refiner = self.refiner
+
+        def run_refiner(tiles):
+            with autocast(refiner.device, refiner.amp):
+                return refiner.model(tiles).float().clamp(0, 1)
+
+        tiling = refiner.tiling
+        return tiled_forward(run_refiner, torch.cat([base, photo], 1), tile=tiling.tile, overlap=tiling.overlap,
+                             batch_size=tiling.batch_size, device=refiner.device, multiple=refiner.size_multiple)
+
+
 # (config key, loader): the first key present in a checkpoint's config picks how it is loaded. A
 # loader takes (checkpoint, source, device, amp, tiling, sampling) and returns an object with
 # ``predict(rgb, photo_cache) -> (1, 3, H, W)``, ``describe()`` and ``num_parameters``.
 MODEL_KINDS = (
     ("controlnet", controlnet_member),
+    ("refiner", RefinerModel.from_checkpoint),
     ("model", NetworkModel.from_checkpoint),
 )
 
