@@ -19,16 +19,29 @@ import torch
 from torch import nn
 
 
+class LogVariances(nn.Module):
+    """The learnable ``log_vars`` s_k of :class:`UncertaintyWeightedLoss`, apart from its terms so a run
+    saves and optimises these few numbers without the terms' own weights (a VGG network)."""
+
+    def __init__(self, count: int):
+        super().__init__()
+        self.log_vars = nn.Parameter(torch.zeros(count))
+
+
 class UncertaintyWeightedLoss(nn.Module):
-    """L = sum_k exp(-s_k) L_k(pred, target, inp) + s_k; ``log_vars`` (the s_k) are parameters to train
-    along with the network (keep them out of weight decay)."""
+    """L = sum_k exp(-s_k) L_k(pred, target, inp) + s_k; the s_k (``uncertainty.log_vars``) are
+    parameters to train along with the network (without weight decay)."""
 
     def __init__(self, terms: Mapping[str, nn.Module]):
         super().__init__()
         if not terms:
             raise ValueError("UncertaintyWeightedLoss needs at least one term")
         self.terms = nn.ModuleDict(terms)
-        self.log_vars = nn.Parameter(torch.zeros(len(self.terms)))
+        self.uncertainty = LogVariances(len(self.terms))
+
+    @property
+    def log_vars(self) -> nn.Parameter:
+        return self.uncertainty.log_vars
 
     def weights(self) -> dict:
         """The current weight exp(-s_k) of each term, detached."""
