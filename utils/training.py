@@ -112,6 +112,47 @@ def multistep_with_warmup(optimizer, warmup_steps: int, milestones, gamma: float
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
 
 
+def split_steps(total_steps: int, fractions) -> list:
+    """``total_steps`` cut into consecutive periods in proportion to ``fractions`` (summing exactly)."""
+    if not fractions or any(f <= 0 for f in fractions):
+        raise ValueError(f"cycle fractions must be positive, got {list(fractions)}")
+    scale = total_steps / sum(fractions)
+    ends = [round(scale * sum(fractions[:i + 1])) for i in range(len(fractions))]
+    return [max(1, end - start) for start, end in zip([0] + ends[:-1], ends)]
+
+
+def cosine_restarts(optimizer, total_steps: int, fractions, eta_mins, restart_weights=None,
+                    warmup_steps: int = 0):
+    """BasicSR's ``CosineAnnealingRestartCyclicLR`` (the Retinexformer / RetinexMamba recipe) over
+    ``total_steps`` cut into periods by ``fractions`` (:func:`split_steps`): in period i, starting at
+    step s_i with length P_i,
+
+        lr(t) = eta_i + w_i * (base_lr - eta_i) * (1 + cos(pi * (t - s_i) / P_i)) / 2
+
+    with ``eta_mins[i]`` = eta_i and ``restart_weights[i]`` = w_i (default 1). Each period starts at
+    ``w_i * base_lr + (1 - w_i) * eta_i`` and ends at eta_i, so an eta above the base lr makes a rising
+    period (the official files: base 2e-4, etas (3e-4, 1e-6), periods 46k + 104k of 150k steps: up to
+    3e-4, restart at 2e-4, down to 1e-6). Beyond ``total_steps`` the lr stays at the last eta. An
+    optional linear warm-up scales the first ``warmup_steps`` (official: none).
+    Stepped once per optimizer step."""
+    periods = split_steps(total_steps, fractions)
+    weights = list(restart_weights) if restart_weights is not None else [1.0] * len(periods)
+    if not len(eta_mins) == len(weights) == len(periods):
+        raise ValueError(f"one eta_min and one restart weight per cycle: {len(periods)} cycles, "
+                         f"{len(eta_mins)} eta_mins, {len(weights)} restart weights")
+    starts = [sum(periods[:i]) for i in range(len(periods))]
+
+    def lr_at(base_lr: float, step: int) -> float:
+        index = next((i for i in reversed(range(len(periods))) if step >= starts[i]), 0)
+        progress = min(1.0, (step - starts[index]) / periods[index])
+        eta = eta_mins[index]
+        lr = eta + weights[index] * 0.5 * (base_lr - eta) * (1.0 + math.cos(math.pi * progress))
+        return lr * min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else lr
+
+    factors = [lambda step, base=group["lr"]: lr_at(base, step) / base for group in optimizer.param_groups]
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factors)
+
+
 class EMA:
     """Exponential moving average of a model's weights, kept in a separate eval-mode copy.
 
@@ -215,13 +256,14 @@ class TrainStep:
 def make_train_step(model: torch.nn.Module, args, device: torch.device, *, lr: float = None,
                     total_steps: int = None, weight_decay: float = None, betas=(0.9, 0.999),
                     warmup: int = None, grad_clip: float = None, ema: bool = True,
-                    min_lr_ratio: float = 0.01, extra_groups=()) -> TrainStep:
+                    min_lr_ratio: float = 0.01, scheduler=None, extra_groups=()) -> TrainStep:
     """The shared optimisation recipe from the shared flags: fused AdamW (--lr, --weight-decay),
     linear warm-up (--warmup) then cosine decay over --steps, loss scaling for --amp fp16 only,
     gradient clipping (--grad-clip) and EMA weights (--ema DECAY, 0: off). A script that adds
     :func:`utils.cli.add_schedule_args` may choose Adam (--optimizer) and a multi-step decay
     (--schedule multistep, --milestones as fractions of the steps, --lr-gamma). Keyword arguments
-    override a flag for a second network or a second training phase; ``extra_groups`` see
+    override a flag for a second network or a second training phase; ``scheduler(optimizer)``
+    replaces the flag-chosen schedule (e.g. :func:`cosine_restarts`); ``extra_groups`` see
     :func:`build_optimizer`."""
     optimizer = build_optimizer(model, args.lr if lr is None else lr,
                                 args.weight_decay if weight_decay is None else weight_decay, betas=betas,
@@ -229,7 +271,9 @@ def make_train_step(model: torch.nn.Module, args, device: torch.device, *, lr: f
     total_steps = args.steps if total_steps is None else total_steps
     warmup = args.warmup if warmup is None else warmup
     schedule = getattr(args, "schedule", "cosine")
-    if schedule == "multistep":
+    if scheduler is not None:
+        scheduler = scheduler(optimizer)
+    elif schedule == "multistep":
         scheduler = multistep_with_warmup(optimizer, warmup, [round(f * total_steps) for f in args.milestones],
                                           args.lr_gamma)
     elif schedule == "cosine":
