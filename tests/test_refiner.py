@@ -279,3 +279,15 @@ def test_official_restormer_weights_load_as_backbone(tmp_path):
     photo = torch.rand(1, 3, 16, 16)
     with torch.no_grad():
         assert torch.equal(member.model(photo), model.eval()(photo))
+
+
+def test_report_puts_the_refiner_next_to_its_backbone(refiner_run, trained_backbone, data, tmp_path):
+    import report
+    out, _, _ = refiner_run
+    report.main([str(trained_backbone), str(out), "--out", str(tmp_path / "report"), "--images", "1",
+                 "--device", "cpu", "--tile", "0", "--data", str(data)])
+    rows = [line for line in (tmp_path / "report" / "report.md").read_text().splitlines()
+            if line.startswith("| ") and not line.startswith("| #")]
+    scripts = {row.split("|")[3].strip(): row for row in rows}
+    assert set(scripts) == {"`train_restormer_512_combined_loss`", "`train_elite_refiner_combined`"}
+    assert f"ColorRefiner (width 8) on frozen {trained_backbone.name}" in scripts["`train_elite_refiner_combined`"]
