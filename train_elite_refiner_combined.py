@@ -2,8 +2,8 @@
 
 CATALOG.md "Combined Loss Refiner": the refiner learns with exactly the loss of
 train_restormer_512_combined_loss.py (L1 1.0 + window-aware L1 0.5 + HSV saturation 0.3, the same
-CombinedLoss terms), so its validation row compares apples to apples with the backbone's: the
-'backbone' split of metrics.jsonl scores the backbone alone on the same validation photos.
+CombinedLoss terms and --saturation-form default), so its validation row compares apples to apples
+with the backbone's: the 'backbone' split of metrics.jsonl scores the backbone alone on the same validation photos.
 
 The backbone (--backbone: a run folder or .pt of this codebase, EMA weights preferred, or an
 official Restormer .pth) is frozen; its output is computed once per photo through enhance.py's tiled
@@ -23,6 +23,7 @@ import torch
 from data.build import build_datasets
 from data.loaders import train_batches, val_loader
 from losses import CombinedLoss, L1Loss, SaturationLoss, WindowAwareLoss
+from losses.color import SATURATION_FORMS
 from losses.window import WINDOW_SOFTNESS, WINDOW_THRESHOLD
 from utils.checkpoint import model_spec
 from utils.cli import base_parser, parse_args, run_cli
@@ -43,6 +44,9 @@ def main(argv=None):
     parser.add_argument("--l1-weight", type=float, default=1.0)
     parser.add_argument("--window-weight", type=float, default=0.5)
     parser.add_argument("--saturation-weight", type=float, default=0.3)
+    parser.add_argument("--saturation-form", choices=SATURATION_FORMS, default="weighted",
+                        help="as train_restormer_512_combined_loss.py: weighted (|dS| x the prediction's value) "
+                             "or catalog (plain |dS|)")
     parser.add_argument("--window-threshold", type=float, default=WINDOW_THRESHOLD,
                         help="input luma above which a pixel counts as over-exposed (soft)")
     parser.add_argument("--window-softness", type=float, default=WINDOW_SOFTNESS)
@@ -63,7 +67,7 @@ def main(argv=None):
     criterion = CombinedLoss({
         "l1": (args.l1_weight, L1Loss()),
         "window": (args.window_weight, WindowAwareLoss(args.window_threshold, args.window_softness)),
-        "saturation": (args.saturation_weight, SaturationLoss()),
+        "saturation": (args.saturation_weight, SaturationLoss(args.saturation_form)),
     })
 
     # --- optimizer: the refiner's parameters only (the backbone is frozen, outside it and the EMA) --
