@@ -17,6 +17,7 @@ from models.restormer import Restormer
 from tests.conftest import LocalConvNet, save_model_checkpoint, write_pairs
 from utils.checkpoint import CheckpointError, load_checkpoint
 from utils.refiner import FrozenBackbone
+from data.io import read_image
 from data.pairs import discover_pairs
 from utils.inference import NetworkModel, Tiling, load_backbone, load_enhancer, official_restormer_kwargs
 
@@ -291,3 +292,33 @@ def test_report_puts_the_refiner_next_to_its_backbone(refiner_run, trained_backb
     scripts = {row.split("|")[3].strip(): row for row in rows}
     assert set(scripts) == {"`train_restormer_512_combined_loss`", "`train_elite_refiner_combined`"}
     assert f"ColorRefiner (width 8) on frozen {trained_backbone.name}" in scripts["`train_elite_refiner_combined`"]
+
+
+def test_aligned_images_share_the_crop_and_flip_of_their_pair(data, tmp_path):
+    from data.dataset import PairedDataset
+    from data.io import write_image
+    pairs = discover_pairs(data / "train")["train"]
+    # the 'aligned' image of each pair is its input again, so every crop/flip must reproduce the input
+    copies = []
+    for pair in pairs:
+        copies.append(tmp_path / f"{pair.name}.png")
+        write_image(copies[-1], read_image(pair.input), bit_depth=16)
+    dataset = PairedDataset(pairs, crop=24, augment=True, aligned={"backbone": copies})
+    for draw in range(8):
+        sample = dataset[(draw % len(pairs), draw)]
+        assert sample["backbone"].shape == sample["input"].shape == (3, 24, 24)
+        assert torch.allclose(sample["backbone"], sample["input"], atol=1 / 255)
+    with pytest.raises(ValueError, match="aligned images 'backbone': 1 paths for 4 pairs"):
+        PairedDataset(pairs, aligned={"backbone": copies[:1]})
+
+
+def test_curriculum_draws_easy_pairs_first_and_resumes_exactly():
+    from data.curriculum import CurriculumSampler
+    ranking = [3, 0, 2, 1, 5, 4, 7, 6]  # easiest first
+    sampler = CurriculumSampler(ranking, batch_size=2, seed=0, ramp_steps=10, start_fraction=0.25)
+    draws = [key for _, key in zip(range(40), iter(sampler))]
+    assert {index for index, _ in draws[:4]} <= {3, 0}  # steps 0-1: the easiest quarter only
+    assert sampler.fraction(0) == 0.25 and sampler.fraction(5) == pytest.approx(0.625) and sampler.fraction(10) == 1
+    assert len({index for index, _ in draws}) > 4  # the pool grew
+    resumed = CurriculumSampler(ranking, batch_size=2, seed=0, ramp_steps=10, start_fraction=0.25, start_step=7)
+    assert [key for _, key in zip(range(26), iter(resumed))] == draws[14:]
