@@ -322,3 +322,13 @@ def test_curriculum_draws_easy_pairs_first_and_resumes_exactly():
     assert len({index for index, _ in draws}) > 4  # the pool grew
     resumed = CurriculumSampler(ranking, batch_size=2, seed=0, ramp_steps=10, start_fraction=0.25, start_step=7)
     assert [key for _, key in zip(range(26), iter(resumed))] == draws[14:]
+
+
+def test_backbone_in_loop_runs_the_frozen_backbone_on_the_crop(trained_backbone):
+    member, file, digest = load_backbone(trained_backbone, "cpu")
+    backbone = FrozenBackbone(member, file, digest, trained_backbone / "unused", in_loop=True)
+    assert backbone.aligned_outputs([], "train") == {}  # no cached outputs read for training
+    batch = {"input": torch.rand(2, 3, 16, 16), "target": torch.rand(2, 3, 16, 16)}
+    inp, base, target = backbone.batch(batch, torch.device("cpu"))
+    with torch.no_grad():
+        assert torch.equal(base, member.model(inp).clamp(0, 1)) and not base.requires_grad

@@ -112,8 +112,11 @@ class FrozenBackbone:
             self.computed += 1
         return path
 
-    def aligned_outputs(self, pairs) -> dict:
-        """``{'backbone': [cache file per pair]}`` for :func:`data.build.build_datasets`' ``aligned``."""
+    def aligned_outputs(self, pairs, split: str = "val") -> dict:
+        """``{'backbone': [cache file per pair]}`` for :func:`data.build.build_datasets`' ``aligned``;
+        nothing for the training split under --backbone-in-loop (the backbone runs on the crops)."""
+        if self.in_loop and split == "train":
+            return {}
         before = self.computed
         files = [self.output(pair.input) for pair in pairs]
         print(f"backbone outputs: {self.computed - before} computed, {len(files) - self.computed + before} "
