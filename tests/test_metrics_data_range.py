@@ -1,7 +1,6 @@
 """utils/metrics.py at a data range other than 1: PSNR, SSIM and masked PSNR of 8-bit-scaled images
 equal scikit-image's with data_range=255 (every caller uses 1, where a missing square or an
 unscaled SSIM constant goes unnoticed)."""
-import numpy as np
 import pytest
 import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
@@ -53,3 +52,35 @@ def test_masked_psnr_at_data_range_255_over_a_region_equals_scikit_image_on_that
         region = (slice(None), slice(4, 12), slice(6, 20))
         reference = peak_signal_noise_ratio(hwc(target[index][region]), hwc(pred[index][region]), data_range=255.0)
         assert ours[index].item() == pytest.approx(reference, abs=1e-3)
+
+
+def test_masked_psnr_of_a_fractionally_weighted_pixel_is_that_pixels_psnr():
+    # one pixel at weight 0.1: the weighted MSE is that pixel's squared error (mean over the channels)
+    pred, target = torch.zeros(1, 3, 4, 4), torch.zeros(1, 3, 4, 4)
+    pred[0, :, 1, 2] = 0.1
+    pred[0, :, 0, 0] = 0.9  # outside the region: must not count
+    mask = torch.zeros(1, 1, 4, 4)
+    mask[0, 0, 1, 2] = 0.1
+    assert masked_psnr(pred, target, mask).item() == pytest.approx(20.0, abs=1e-4)
+    assert masked_psnr(pred, pred, mask).item() == pytest.approx(100.0)  # exact: capped, not inf
+
+
+def test_masked_psnr_mean_skips_images_without_the_region():
+    pred, target = torch.zeros(3, 3, 4, 4), torch.zeros(3, 3, 4, 4)
+    pred[0] += 0.1
+    pred[2] += 0.01
+    mask = torch.ones(3, 1, 4, 4, dtype=torch.bool)
+    mask[1] = False
+    per_image = masked_psnr(pred, target, mask, reduction="none")
+    assert per_image[0].item() == pytest.approx(20.0, abs=1e-4) and per_image[2].item() == pytest.approx(40.0, abs=1e-4)
+    assert torch.isnan(per_image[1])
+    assert masked_psnr(pred, target, mask).item() == pytest.approx(30.0, abs=1e-4)
+    assert torch.isnan(masked_psnr(pred, target, torch.zeros_like(mask)))
+
+
+@pytest.mark.parametrize("shape", [(2, 4, 4), (2, 3, 4, 4), (1, 1, 4, 4), (2, 1, 3, 4), (2, 1, 4, 3)],
+                         ids=["3d", "channels", "batch", "height", "width"])
+def test_masked_psnr_names_the_expected_mask_shape(shape):
+    pred = torch.zeros(2, 3, 4, 4)
+    with pytest.raises(ValueError, match=r"mask must have shape \(N, 1, H, W\) = \(2, 1, 4, 4\), got"):
+        masked_psnr(pred, pred, torch.ones(shape))
