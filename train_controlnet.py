@@ -21,10 +21,11 @@ CPU smoke test (seconds):
 import torch
 
 from data.build import build_datasets
+from data.latents import SeededSamples
 from data.loaders import train_batches, val_loader
-from models.controlnet import (SD21_BASE, SeededSamples, add_controlnet_args, build_enhancer,
-                               controlnet_run_config, diffusion_loss, setup_controlnet_training)
 from utils.cli import base_parser, parse_args, run_cli
+from utils.controlnet_pipeline import (SD21_BASE, add_controlnet_args, build_enhancer, controlnet_run_config,
+                                       diffusion_loss, setup_controlnet_training)
 from utils.run import Run, setup
 from utils.training import TrainingState, autocast, make_train_step
 

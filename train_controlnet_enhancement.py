@@ -2,7 +2,7 @@
 
 CATALOG.md "ControlNet Enhancement": SD 2.1 + ControlNet at 1024x1024, diffusion loss; the highest quality
 the diffusion route offers (max resolution on an 80 GB A100). The model, loss and checkpoints are those of
-train_controlnet.py (models/controlnet.py); the default base is the 768 px v-prediction SD 2.1, the closest
+train_controlnet.py (utils/controlnet_pipeline.py); the default base is the 768 px v-prediction SD 2.1, the closest
 to 1024. Memory measures (each also saves time):
 
 - VAE latents cached once: every training pair contributes --windows-per-image fixed --crop windows (drawn
@@ -29,11 +29,11 @@ CPU smoke test (seconds):
 import torch
 
 from data.build import build_datasets
+from data.latents import LatentCache
 from data.loaders import train_batches, val_loader
-from models.controlnet import (LatentCache, SD21, add_controlnet_args, build_controlnet_optimizer,
-                               build_enhancer, controlnet_run_config, diffusion_loss,
-                               setup_controlnet_training)
 from utils.cli import base_parser, parse_args, run_cli
+from utils.controlnet_pipeline import (SD21, add_controlnet_args, build_controlnet_optimizer, build_enhancer,
+                                       controlnet_run_config, diffusion_loss, setup_controlnet_training)
 from utils.run import Run, setup
 from utils.training import EMA, TrainStep, TrainingState, autocast, cosine_with_warmup, make_grad_scaler
 
@@ -65,7 +65,7 @@ def main(argv=None):
 
     # --- data: the training windows' latents, encoded once ------------------------------------
     train_set, val_set = build_datasets(args)
-    windows = LatentCache(train_set.pairs, sd, args.crop, args.windows_per_image, args.seed, device)
+    windows = LatentCache(train_set.pairs, sd.encode_images, args.crop, args.windows_per_image, args.seed, device)
     print(f"latent cache: {len(windows)} windows of {args.crop} px")
 
     # --- optimizer ----------------------------------------------------------------------------

@@ -28,7 +28,7 @@ CPU smoke test (seconds):
         --dec-blocks 1 1 1 --middle-blocks-enc 1 --middle-blocks-dec 1 --side-weight 0.5 --val-every 2 \
         --vgg-weights random --out /tmp/smoke
 """
-from data.folds import build_fold_datasets, fold_resume_path, resume_folder, write_fold_summary
+from data.folds import build_fold_datasets
 from data.loaders import train_batches, val_loader
 from losses import CombinedLoss, L1Loss
 from losses.perceptual import VGGPerceptualLoss, add_vgg_args
@@ -37,6 +37,7 @@ from losses.structural import SSIMLoss
 from models.darkir import DarkIR
 from utils.checkpoint import model_spec
 from utils.cli import add_darkir_args, base_parser, darkir_kwargs, parse_args, run_cli
+from utils.folds import fold_resume_path, resume_folder, write_fold_summary
 from utils.run import Run, prepare_model, setup
 from utils.training import TrainingState, autocast, make_train_step, seed_everything
 

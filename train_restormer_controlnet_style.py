@@ -22,7 +22,7 @@ from data.build import build_datasets
 from data.loaders import train_batches, val_loader
 from losses import CombinedLoss, L1Loss
 from models.zero_conv import ZeroConvRestormer
-from utils.checkpoint import model_spec
+from utils.checkpoint import load_pretrained_restormer, model_spec
 from utils.cli import add_restormer_args, base_parser, parse_args, restormer_kwargs, run_cli
 from utils.run import Run, setup
 from utils.training import TrainingState, autocast, make_train_step
@@ -51,7 +51,7 @@ def main(argv=None):
     model_kwargs = restormer_kwargs(args)
     model = ZeroConvRestormer(**model_kwargs, grad_checkpoint=args.grad_checkpoint)
     if args.pretrained:
-        model.load_pretrained_restormer(args.pretrained)
+        load_pretrained_restormer(model, args.pretrained)
     else:
         print("warning: no --pretrained: the locked Restormer is randomly initialised (smoke tests only)")
     model.to(device)

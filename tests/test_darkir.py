@@ -99,7 +99,7 @@ def test_strict_state_dict_round_trip(tmp_path):
     path = tmp_path / "darkir.pt"
     torch.save({"params": source.state_dict()}, path)
     target = DarkIR(**TINY)
-    target.load_state_dict(torch.load(path, map_location="cpu")["params"], strict=True)
+    target.load_state_dict(torch.load(path, map_location="cpu", weights_only=True)["params"], strict=True)
     x = torch.rand(1, 3, 40, 24)
     with torch.no_grad():
         assert torch.equal(source(x), target(x))

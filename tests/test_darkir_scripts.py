@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from data.folds import build_fold_datasets, kfold_split, summarize_folds
+from data.folds import build_fold_datasets, kfold_split
 from data.pairs import ImagePair
 from losses.side_output import SideOutputLoss
 from models.darkir import DarkIR
 from tests.conftest import write_pairs
 from utils.checkpoint import load_checkpoint
 from utils.cli import add_darkir_args, darkir_kwargs
+from utils.folds import summarize_folds
 from utils.inference import load_enhancer
 
 ROOT = Path(__file__).resolve().parents[1]

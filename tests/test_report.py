@@ -19,7 +19,7 @@ def write_run(run_dir, model, kwargs, data, val_psnrs, script, resumed=False):
     config = {"script": script, "data": str(data), "val_data": None, "val_fraction": 0.1, "seed": 0}
     save_model_checkpoint(run_dir / "best.pt", model, kwargs, **config)
     (run_dir / "config.json").write_text(json.dumps({**config, **torch.load(
-        run_dir / "best.pt", weights_only=False)["config"]}))
+        run_dir / "best.pt", weights_only=True)["config"]}))
     records = [{"step": 0, "split": "identity", "time": 0.5, "l1": 0.24, "psnr": 11.27, "ssim": 0.71}]
     clock = 0.5
     for index, psnr in enumerate(val_psnrs, start=1):

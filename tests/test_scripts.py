@@ -61,7 +61,7 @@ def flag_value(argv: list, flag: str) -> str:
 
 
 def checkpoint_steps(out: Path) -> list:
-    return [torch.load(p, map_location="cpu", weights_only=False)["step"] for p in sorted(out.rglob("last.pt"))]
+    return [torch.load(p, map_location="cpu", weights_only=True)["step"] for p in sorted(out.rglob("last.pt"))]
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.stem)
@@ -76,7 +76,7 @@ def test_smoke_run_and_resume(script, tiny_pairs, tmp_path):
     assert list(out.rglob("*.png")), "no sample grid written"
     records = [json.loads(line) for path in out.rglob("metrics.jsonl") for line in path.read_text().splitlines()]
     assert any(r["split"] == "val" for r in records) and any(r["split"] == "train" for r in records)
-    saved = torch.load(next(out.rglob("last.pt")), map_location="cpu", weights_only=False)
+    saved = torch.load(next(out.rglob("last.pt")), map_location="cpu", weights_only=True)
     expected_seed = int(flag_value(argv, "--seed")) if "--seed" in argv else 0
     assert saved["config"]["seed"] == expected_seed and "rng" in saved
 

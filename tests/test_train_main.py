@@ -22,7 +22,7 @@ def _argv(data, out, steps=4, *extra):
 
 
 def _weights(path):
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     return checkpoint["step"], checkpoint["model"], checkpoint["ema"], checkpoint["optimizer"]
 
 

@@ -13,6 +13,9 @@ import copy
 import sys
 from pathlib import Path
 
+from data.mixup import MIXUP_BETA
+
+from .checkpoint import add_trust_flag, set_trust_checkpoints
 from .training import resolve_amp, select_device
 
 OOM_HINT = "on out-of-memory lower --batch-size or --crop, or add --grad-checkpoint / --amp bf16"
@@ -54,6 +57,7 @@ def base_parser(description: str, **defaults) -> argparse.ArgumentParser:
     run = parser.add_argument_group("run")
     run.add_argument("--out", default=None, help="run folder (default: runs/<script name>)")
     run.add_argument("--resume", default=None, help="continue from a checkpoint (a .pt file or a run folder)")
+    add_trust_flag(run)
     run.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, ...")
     run.add_argument("--seed", type=int, default=0, help="seed of everything random (saved with the run)")
     run.add_argument("--val-every", type=int, default=1000, help="validate every N optimizer steps")
@@ -79,6 +83,7 @@ def parse_args(parser: argparse.ArgumentParser, argv=None, demo_budget: dict = N
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     given = explicit_flags(parser, argv)
+    set_trust_checkpoints(args.trust_checkpoint)
     args.script = script or Path(sys.argv[0]).stem
     args.device = str(select_device(args.device))
     args.demo = args.data is None
@@ -116,6 +121,22 @@ def restormer_kwargs(args, inp_channels: int = 3) -> dict:
     return dict(inp_channels=inp_channels, out_channels=3, dim=args.dim, num_blocks=list(args.num_blocks),
                 num_refinement_blocks=args.num_refinement_blocks, heads=list(args.heads),
                 ffn_expansion_factor=args.ffn_expansion_factor, bias=False, LayerNorm_type=args.layernorm)
+
+
+def add_schedule_args(parser: argparse.ArgumentParser, optimizer: str = "adamw", schedule: str = "cosine",
+                      milestones=(0.5, 0.8, 0.9, 0.95), gamma: float = 0.5) -> None:
+    """Optimizer and lr-schedule choice for :func:`utils.training.make_train_step` (without these flags it
+    uses AdamW + cosine). The defaults given are the script's recipe; the milestone defaults are
+    BasicSR's [250k, 400k, 450k, 475k] of 500k iterations (HAT, DAT, SwinIR) as fractions of --steps."""
+    group = parser.add_argument_group("optimizer")
+    group.add_argument("--optimizer", choices=("adamw", "adam"), default=optimizer,
+                       help=f"adamw: decoupled weight decay; adam: L2 weight decay (default {optimizer})")
+    group.add_argument("--schedule", choices=("cosine", "multistep"), default=schedule,
+                       help="cosine decay after the warm-up, or the lr times --lr-gamma at each milestone "
+                            f"(default {schedule})")
+    group.add_argument("--milestones", type=float, nargs="+", default=list(milestones), metavar="FRACTION",
+                       help="multistep: fractions of --steps where the lr drops (default %(default)s)")
+    group.add_argument("--lr-gamma", type=float, default=gamma, help="multistep: lr factor per milestone")
 
 
 def run_cli(main) -> None:
@@ -158,3 +179,43 @@ def darkir_kwargs(args) -> dict:
                 middle_blk_num_enc=args.middle_blocks_enc, middle_blk_num_dec=args.middle_blocks_dec,
                 enc_blk_nums=list(args.enc_blocks), dec_blk_nums=list(args.dec_blocks),
                 dilations=list(args.dilations), extra_depth_wise=True)
+
+
+# The Retinexformer / RetinexMamba training recipe of the official option files
+# (Options/RetinexFormer_{LOL_v1,LOL_v2_real,NTIRE}.yml, Options/RetinexMamba_LOL_v1.yml): Adam
+# (AdamW with no weight decay is the same update) at 2e-4, no warm-up, 128-px crops, batch 8, 150k
+# steps in two cosine cycles of 46k + 104k steps with eta_mins 3e-4 and 1e-6, gradient norm clipped
+# at 0.01 (BasicSR's use_grad_clip, the shared default), mixup with beta 1.2 as an option.
+RETINEX_RECIPE = dict(lr=2e-4, weight_decay=0.0, warmup=0, crop=128, batch_size=8, steps=150_000)
+
+
+def add_retinex_args(parser: argparse.ArgumentParser, d_state: bool = False) -> None:
+    """RetinexFormer / RetinexMamba size flags (defaults: the published n_feat 40, 1 stage, blocks
+    1 2 2; ``d_state``: RetinexMamba's state size at full resolution) and the recipe's
+    schedule and mixup flags."""
+    model = parser.add_argument_group("model (Retinex)")
+    model.add_argument("--n-feat", type=int, default=40, help="channels at full resolution (divisible by 4)")
+    model.add_argument("--stage", type=int, default=1, help="estimator + restorer stages")
+    model.add_argument("--num-blocks", type=int, nargs=3, default=[1, 2, 2],
+                       help="guided blocks at full, half resolution and the quarter-resolution bottleneck")
+    if d_state:
+        model.add_argument("--d-state", type=int, default=16,
+                           help="state size of the selective scans at full resolution (doubles per level)")
+    schedule = parser.add_argument_group("schedule and augmentation (the official recipe)")
+    schedule.add_argument("--cycles", type=float, nargs="+", default=[46, 104],
+                          help="relative lengths of the cosine cycles that share --steps (official: 46k + 104k)")
+    schedule.add_argument("--cycle-min-lrs", type=float, nargs="+", default=[3e-4, 1e-6],
+                          help="lr each cycle anneals to (one per cycle; official: 3e-4 -- a rising first "
+                               "cycle -- then 1e-6)")
+    schedule.add_argument("--mixup", action="store_true",
+                          help="mix half of the batches with a permutation of themselves (official: on)")
+    schedule.add_argument("--mixup-beta", type=float, default=MIXUP_BETA, help="Beta(b, b) of the mixing weight")
+
+
+def retinex_kwargs(args, in_channels: int = 3) -> dict:
+    """RetinexFormer / RetinexMamba constructor arguments from :func:`add_retinex_args`' flags."""
+    kwargs = dict(in_channels=in_channels, out_channels=3, n_feat=args.n_feat, stage=args.stage,
+                  num_blocks=list(args.num_blocks))
+    if hasattr(args, "d_state"):
+        kwargs["d_state"] = args.d_state
+    return kwargs

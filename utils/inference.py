@@ -22,6 +22,7 @@ outputs. Which kind of model a checkpoint holds is decided by :data:`MODEL_KINDS
 with one entry and one loader class that has the same ``predict`` method.
 """
 import argparse
+import math
 from pathlib import Path
 
 import cv2
@@ -29,9 +30,9 @@ import numpy as np
 import torch
 
 from data.io import read_metadata, write_image
-from models.controlnet import controlnet_member
 
-from .checkpoint import CheckpointError, build_model, load_checkpoint, load_pretrained
+from .checkpoint import (CheckpointError, add_trust_flag, build_model, load_checkpoint, load_pretrained,
+                         set_trust_checkpoints)
 from .tiling import tiled_forward
 from .training import autocast, configure_backend, resolve_amp, select_device
 
@@ -46,7 +47,9 @@ AMP_MODES = ("none", "bf16", "fp16")
 DEFAULT_TILE = 512
 DEFAULT_OVERLAP = 32
 DEFAULT_BATCH_SIZE = 4
-# Tiles are cut at multiples of the networks' 2**3 downsampling, so no tile needs padding inside.
+# Tiles are cut at multiples of the networks' 2**3 downsampling, so no tile needs padding inside; a
+# window-attention network (HAT: its window, DAT: its largest window side) names a larger multiple
+# as its ``size_multiple``, which the tiles then follow.
 TILE_MULTIPLE = 8
 
 
@@ -115,6 +118,10 @@ class NetworkModel:
         self.config, self.source, self.amp, self.used_ema, self.step = config, source, amp, used_ema, step
         self.device = torch.device(device)
         self.tiling = tiling or Tiling()
+        self.size_multiple = math.lcm(TILE_MULTIPLE, getattr(model, "size_multiple", 1))
+        if self.tiling.tile % self.size_multiple:
+            raise ValueError(f"--tile {self.tiling.tile} must be a multiple of {self.size_multiple} for "
+                             f"{type(model).__name__} (its attention windows)")
         self.preprocess = config.get("preprocess") or []
         self.features = config.get("input_features")
         self.depth_model = config.get("depth_model")
@@ -149,7 +156,7 @@ class NetworkModel:
                 raise CheckpointError(f"{self.source}: input feature 'depth' needs config['depth_model'] "
                                       "(the MiDaS/DPT folder the run was trained with)")
             if self._depth_estimator is None:
-                from models.depth import load_depth_model
+                from .features import load_depth_model
                 self._depth_estimator = load_depth_model(self.depth_model, self.device,
                                                          autocast_dtype=_autocast_dtype(self.amp))
             photo_cache[key] = self._depth_estimator(rgb)
@@ -177,7 +184,7 @@ class NetworkModel:
                 return self.model(tiles).float().clamp(0, 1)
 
         output = tiled_forward(run_network, inputs, tile=self.tiling.tile, overlap=self.tiling.overlap,
-                               batch_size=self.tiling.batch_size, device=self.device)
+                               batch_size=self.tiling.batch_size, device=self.device, multiple=self.size_multiple)
         if output.shape[-2:] != rgb.shape[:2]:
             output = _apply_edit_at_full_size(rgb, output)
         return output
@@ -200,8 +207,14 @@ def _apply_edit_at_full_size(rgb: np.ndarray, reduced_output: torch.Tensor) -> t
 # (config key, loader): the first key present in a checkpoint's config picks how it is loaded. A
 # loader takes (checkpoint, source, device, amp, tiling, sampling) and returns an object with
 # ``predict(rgb, photo_cache) -> (1, 3, H, W)``, ``describe()`` and ``num_parameters``.
+def _controlnet_member(*args):
+    # Imported when a ControlNet checkpoint is loaded: the pipeline module builds on this one.
+    from .controlnet_pipeline import controlnet_member
+    return controlnet_member(*args)
+
+
 MODEL_KINDS = (
-    ("controlnet", controlnet_member),
+    ("controlnet", _controlnet_member),
     ("model", NetworkModel.from_checkpoint),
 )
 
@@ -276,8 +289,10 @@ def add_inference_args(parser: argparse.ArgumentParser, checkpoint: str = "optio
         group.add_argument("--checkpoint", nargs="+", required=checkpoint == "required", metavar="CKPT",
                            help="a .pt file, a run folder (its best.pt, else last.pt), a folder of fold_*/ runs, "
                                 "or several of these: the mean of their outputs (an ensemble)")
+    add_trust_flag(group)
     group.add_argument("--tile", type=int, default=DEFAULT_TILE,
-                       help=f"tile size in pixels, a multiple of 8 (0: whole photos; default {DEFAULT_TILE})")
+                       help=f"tile size in pixels, a multiple of 8 and of the model's window (HAT 16, DAT 32) "
+                            f"(0: whole photos; default {DEFAULT_TILE})")
     group.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP,
                        help=f"pixels shared by neighbouring tiles, blended (default {DEFAULT_OVERLAP})")
     group.add_argument("--batch-size", type=int, default=None,
@@ -295,6 +310,7 @@ def add_inference_args(parser: argparse.ArgumentParser, checkpoint: str = "optio
 def enhancer_from_args(args, checkpoints=None) -> Enhancer:
     """The :class:`Enhancer` the flags of :func:`add_inference_args` describe (``checkpoints``
     replaces ``--checkpoint``); prints what was loaded."""
+    set_trust_checkpoints(args.trust_checkpoint)
     device = select_device(args.device)
     configure_backend(device)
     batch_size = args.batch_size or (DEFAULT_BATCH_SIZE if device.type == "cuda" else 1)

@@ -56,17 +56,18 @@ class Run:
     their own; ``resume=False`` starts fresh whatever --resume says); a fresh run starts counting at
     ``start_step`` (a second training phase). ``model_inputs(batch)`` builds the network input of a
     validation batch (scripts with extra input channels); ``eval_model`` replaces the network that
-    validation runs (a diffusion pipeline around the trained ControlNet); ``extra`` is saved in every checkpoint
+    validation runs (a diffusion pipeline around the trained ControlNet); ``sample_views(model, inputs)``
+    adds maps to the sample grid rows (see :func:`utils.validation.validate`); ``extra`` is saved in every checkpoint
     (``resumed_extra`` is what the resumed checkpoint held), next to the best PSNR so far.
     """
 
     def __init__(self, args, state, device, run_dir=None, resume=None, name=None, model_inputs=None,
-                 start_step: int = 0, eval_model=None):
+                 start_step: int = 0, eval_model=None, sample_views=None):
         self.args, self.state, self.device = args, state, device
         self.dir = Path(run_dir if run_dir is not None else args.out)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.name = name or args.script
-        self.model_inputs, self.eval_model = model_inputs, eval_model
+        self.model_inputs, self.eval_model, self.sample_views = model_inputs, eval_model, sample_views
         resume = args.resume if resume is None else resume
         self.step, self.resumed_extra = state.resume(resume) if resume else (start_step, {})
         self.fresh = not resume
@@ -140,6 +141,8 @@ class Run:
         grid, and best.pt on a new best PSNR."""
         start = time.time()
         kwargs = {"model_inputs": self.model_inputs} if self.model_inputs is not None else {}
+        if self.sample_views is not None:
+            kwargs["sample_views"] = self.sample_views
         eval_model = self.eval_model if self.eval_model is not None else self.state.eval_model
         metrics, samples = validate(eval_model, self.val_loader, self.device, self.args.amp,
                                     tile=self.args.val_tile, num_samples=self.args.num_samples, **kwargs)

@@ -72,12 +72,19 @@ def make_grad_scaler(amp: str, device: torch.device) -> torch.amp.GradScaler:
 
 # --------------------------------------------------------------------------- optimisation
 
+OPTIMIZERS = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}
+SCHEDULES = ("cosine", "multistep")
+
+
 def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float,
-                    betas=(0.9, 0.999)) -> torch.optim.AdamW:
-    """AdamW over the trainable parameters; the fused kernel (CPU and CUDA) also lets
-    :class:`TrainStep` skip a bad step without a host sync."""
+                    betas=(0.9, 0.999), kind: str = "adamw") -> torch.optim.Optimizer:
+    """AdamW (decoupled weight decay) or Adam (L2 weight decay, BasicSR's recipes) over the trainable
+    parameters; the fused kernel (CPU and CUDA) also lets :class:`TrainStep` skip a bad step without
+    a host sync."""
+    if kind not in OPTIMIZERS:
+        raise ValueError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {kind!r}")
     params = [p for p in model.parameters() if p.requires_grad]
-    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=betas, fused=True)
+    return OPTIMIZERS[kind](params, lr=lr, weight_decay=weight_decay, betas=betas, fused=True)
 
 
 def cosine_with_warmup(optimizer, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.01):
@@ -89,6 +96,59 @@ def cosine_with_warmup(optimizer, warmup_steps: int, total_steps: int, min_lr_ra
         progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
         return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+
+
+def multistep_with_warmup(optimizer, warmup_steps: int, milestones, gamma: float):
+    """Linear warm-up over ``warmup_steps`` to the base lr, then the lr times ``gamma`` at each of
+    the ``milestones`` (optimizer steps) passed: BasicSR's MultiStepLR. Stepped once per optimizer step."""
+    milestones = sorted(int(m) for m in milestones)
+
+    def lr_factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        return gamma ** sum(step >= milestone for milestone in milestones)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+
+
+def split_steps(total_steps: int, fractions) -> list:
+    """``total_steps`` cut into consecutive periods in proportion to ``fractions`` (summing exactly)."""
+    if not fractions or any(f <= 0 for f in fractions):
+        raise ValueError(f"cycle fractions must be positive, got {list(fractions)}")
+    scale = total_steps / sum(fractions)
+    ends = [round(scale * sum(fractions[:i + 1])) for i in range(len(fractions))]
+    return [max(1, end - start) for start, end in zip([0] + ends[:-1], ends)]
+
+
+def cosine_restarts(optimizer, total_steps: int, fractions, eta_mins, restart_weights=None,
+                    warmup_steps: int = 0):
+    """BasicSR's ``CosineAnnealingRestartCyclicLR`` (the Retinexformer / RetinexMamba recipe) over
+    ``total_steps`` cut into periods by ``fractions`` (:func:`split_steps`): in period i, starting at
+    step s_i with length P_i,
+
+        lr(t) = eta_i + w_i * (base_lr - eta_i) * (1 + cos(pi * (t - s_i) / P_i)) / 2
+
+    with ``eta_mins[i]`` = eta_i and ``restart_weights[i]`` = w_i (default 1). Each period starts at
+    ``w_i * base_lr + (1 - w_i) * eta_i`` and ends at eta_i, so an eta above the base lr makes a rising
+    period (the official files: base 2e-4, etas (3e-4, 1e-6), periods 46k + 104k of 150k steps: up to
+    3e-4, restart at 2e-4, down to 1e-6). Beyond ``total_steps`` the lr stays at the last eta. An
+    optional linear warm-up scales the first ``warmup_steps`` (official: none).
+    Stepped once per optimizer step."""
+    periods = split_steps(total_steps, fractions)
+    weights = list(restart_weights) if restart_weights is not None else [1.0] * len(periods)
+    if not len(eta_mins) == len(weights) == len(periods):
+        raise ValueError(f"one eta_min and one restart weight per cycle: {len(periods)} cycles, "
+                         f"{len(eta_mins)} eta_mins, {len(weights)} restart weights")
+    starts = [sum(periods[:i]) for i in range(len(periods))]
+
+    def lr_at(base_lr: float, step: int) -> float:
+        index = next((i for i in reversed(range(len(periods))) if step >= starts[i]), 0)
+        progress = min(1.0, (step - starts[index]) / periods[index])
+        eta = eta_mins[index]
+        lr = eta + weights[index] * 0.5 * (base_lr - eta) * (1.0 + math.cos(math.pi * progress))
+        return lr * min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else lr
+
+    factors = [lambda step, base=group["lr"]: lr_at(base, step) / base for group in optimizer.param_groups]
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factors)
 
 
 class EMA:
@@ -194,15 +254,29 @@ class TrainStep:
 def make_train_step(model: torch.nn.Module, args, device: torch.device, *, lr: float = None,
                     total_steps: int = None, weight_decay: float = None, betas=(0.9, 0.999),
                     warmup: int = None, grad_clip: float = None, ema: bool = True,
-                    min_lr_ratio: float = 0.01) -> TrainStep:
+                    min_lr_ratio: float = 0.01, scheduler=None) -> TrainStep:
     """The shared optimisation recipe from the shared flags: fused AdamW (--lr, --weight-decay),
     linear warm-up (--warmup) then cosine decay over --steps, loss scaling for --amp fp16 only,
-    gradient clipping (--grad-clip) and EMA weights (--ema DECAY, 0: off). Keyword arguments override
-    a flag for a second network or a second training phase."""
+    gradient clipping (--grad-clip) and EMA weights (--ema DECAY, 0: off). A script that adds
+    :func:`utils.cli.add_schedule_args` may choose Adam (--optimizer) and a multi-step decay
+    (--schedule multistep, --milestones as fractions of the steps, --lr-gamma). Keyword arguments
+    override a flag for a second network or a second training phase; ``scheduler(optimizer)``
+    replaces the flag-chosen schedule (e.g. :func:`cosine_restarts`)."""
     optimizer = build_optimizer(model, args.lr if lr is None else lr,
-                                args.weight_decay if weight_decay is None else weight_decay, betas=betas)
-    scheduler = cosine_with_warmup(optimizer, args.warmup if warmup is None else warmup,
-                                   args.steps if total_steps is None else total_steps, min_lr_ratio)
+                                args.weight_decay if weight_decay is None else weight_decay, betas=betas,
+                                kind=getattr(args, "optimizer", "adamw"))
+    total_steps = args.steps if total_steps is None else total_steps
+    warmup = args.warmup if warmup is None else warmup
+    schedule = getattr(args, "schedule", "cosine")
+    if scheduler is not None:
+        scheduler = scheduler(optimizer)
+    elif schedule == "multistep":
+        scheduler = multistep_with_warmup(optimizer, warmup, [round(f * total_steps) for f in args.milestones],
+                                          args.lr_gamma)
+    elif schedule == "cosine":
+        scheduler = cosine_with_warmup(optimizer, warmup, total_steps, min_lr_ratio)
+    else:
+        raise ValueError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
     return TrainStep(optimizer, scheduler, make_grad_scaler(args.amp, device),
                      args.grad_clip if grad_clip is None else grad_clip,
                      ema=EMA(model, args.ema) if ema and args.ema > 0 else None)
