@@ -42,13 +42,13 @@ def first_step(monkeypatch, module, argv):
 
 @pytest.mark.parametrize("script", SCRIPTS_WITH_WEIGHTS, ids=lambda p: p.stem)
 def test_every_loss_weight_flag_changes_the_loss(script, monkeypatch, tmp_path):
-    # 24x24 photos (the PatchGAN's minimum) cropped whole, blown-out window included; one per step
+    # two 32x32 photos (at most the smoke crop: cropped whole, blown-out window included)
     data = tmp_path / "data"
-    write_pairs(data / "train", 2, size=(24, 24), seed=0)
-    write_pairs(data / "val", 1, size=(24, 24), seed=1)
+    write_pairs(data / "train", 2, size=(32, 32), seed=0)
+    write_pairs(data / "val", 1, size=(32, 32), seed=1)
     flags = WEIGHT_FLAG.findall(script.read_text())
     module = load_script(script)
-    argv = materialise(smoke_command(script), data, tmp_path / "run") + ["--crop", "24", "--batch-size", "1"]
+    argv = materialise(smoke_command(script), data, tmp_path / "run")
     baseline = first_step(monkeypatch, module, argv)
     if baseline.flags.get("vgg_weights") is None and "vgg_weights" in baseline.flags:
         argv += ["--vgg-weights", "random"]  # a weight that enables a VGG term needs its weights
