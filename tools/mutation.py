@@ -16,6 +16,8 @@ import argparse
 import configparser
 import importlib.util
 import json
+import os
+import signal
 import subprocess
 import sys
 from collections import Counter
@@ -120,9 +122,13 @@ def main(argv=None) -> None:
                 continue
             names = retry if previous and not args.fresh else [mutant_glob(path)]
             command = [sys.executable, "-m", "mutmut", "run", "--max-children", str(args.jobs), *names]
+            # its own process group, so a timeout also ends mutmut's forked test workers
+            process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, start_new_session=True)
             try:
-                subprocess.run(command, cwd=ROOT, timeout=args.timeout, stdout=subprocess.DEVNULL)
+                process.wait(timeout=args.timeout)
             except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGTERM)
+                process.wait()
                 print(f"    {path}: stopped after {args.timeout} s; the table counts the mutants tested so far")
     print_table(paths, args.survivors)
 
