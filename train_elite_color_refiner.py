@@ -23,8 +23,8 @@ CPU smoke test (seconds):
 import torch
 
 from data.build import build_datasets
-from data.curriculum import CurriculumSampler, rank_by_difficulty
-from data.loaders import train_batches, val_loader
+from data.curriculum import CurriculumStream, rank_by_difficulty
+from data.loaders import PatchSchedule, val_loader
 from losses import CharbonnierLoss, HSVLoss
 from losses.frequency import FocalFrequencyLoss
 from losses.histogram import HistogramLoss
@@ -91,10 +91,12 @@ def main(argv=None):
 
     # --- resume -------------------------------------------------------------------------------
     run = Run(args, state, device, model_inputs=refiner_inputs)
-    sampler = CurriculumSampler(ranking, args.batch_size, args.seed, ramp_steps=round(args.curriculum * args.steps),
-                                start_fraction=args.curriculum_start, start_step=run.step)
-    batches = train_batches(train_set, args.batch_size, args.seed, start_step=run.step, sampler=sampler,
-                            workers=args.workers, pin_memory=device.type == "cuda")
+    # the ramp in draws: the images its steps take (batch x --grad-accum, per --progressive stage)
+    schedule = PatchSchedule.parse(args.progressive, args.steps) if args.progressive else \
+        PatchSchedule.constant(args.batch_size)
+    curriculum = CurriculumStream(ranking, args.seed, start_fraction=args.curriculum_start,
+                                  ramp_draws=schedule.draws_before(round(args.curriculum * args.steps), args.grad_accum))
+    batches = run.train_batches(train_set, stream=curriculum)
 
     # --- loop ---------------------------------------------------------------------------------
     with run.training(val_loader(val_set, workers=min(args.workers, 2))):
@@ -106,7 +108,8 @@ def main(argv=None):
                 refined = train_model(torch.cat([base, inp], 1))
             losses = criterion(refined.float(), target, inp)
             train_step(losses["loss"])
-            losses["curriculum_fraction"] = torch.tensor(sampler.fraction(run.step), device=device)
+            draws = run.schedule.draws_before(run.step, args.grad_accum)
+            losses["curriculum_fraction"] = torch.tensor(curriculum.fraction(draws), device=device)
             # --- validation / checkpoint: logged, validated and saved at their intervals ----------
             run.end_step(losses)
     return run

@@ -3,7 +3,8 @@
 CATALOG.md "Combined Loss Refiner": the refiner learns with exactly the loss of
 train_restormer_512_combined_loss.py (L1 1.0 + window-aware L1 0.5 + HSV saturation 0.3, the same
 CombinedLoss terms and --saturation-form default), so its validation row compares apples to apples
-with the backbone's: the 'backbone' split of metrics.jsonl scores the backbone alone on the same validation photos.
+with the backbone's: the 'backbone' split of metrics.jsonl scores the backbone alone on the same
+validation photos.
 
 The backbone (--backbone: a run folder or .pt of this codebase, EMA weights preferred, or an
 official Restormer .pth) is frozen; its output is computed once per photo through enhance.py's tiled
@@ -21,7 +22,7 @@ CPU smoke test (seconds):
 import torch
 
 from data.build import build_datasets
-from data.loaders import train_batches, val_loader
+from data.loaders import val_loader
 from losses import CombinedLoss, L1Loss, SaturationLoss, WindowAwareLoss
 from losses.color import SATURATION_FORMS
 from losses.window import WINDOW_SOFTNESS, WINDOW_THRESHOLD
@@ -78,8 +79,7 @@ def main(argv=None):
 
     # --- resume -------------------------------------------------------------------------------
     run = Run(args, state, device, model_inputs=refiner_inputs)
-    batches = train_batches(train_set, args.batch_size, args.seed, start_step=run.step,
-                            workers=args.workers, pin_memory=device.type == "cuda")
+    batches = run.train_batches(train_set)
 
     # --- loop ---------------------------------------------------------------------------------
     with run.training(val_loader(val_set, workers=min(args.workers, 2))):

@@ -21,7 +21,7 @@ CPU smoke test (seconds):
 import torch
 
 from data.build import build_datasets
-from data.loaders import train_batches, val_loader
+from data.loaders import val_loader
 from losses import CharbonnierLoss, HSVLoss
 from losses.weighting import NormalizedLoss
 from utils.checkpoint import model_spec
@@ -70,8 +70,7 @@ def main(argv=None):
 
     # --- resume -------------------------------------------------------------------------------
     run = Run(args, state, device, model_inputs=refiner_inputs)
-    batches = train_batches(train_set, args.batch_size, args.seed, start_step=run.step,
-                            workers=args.workers, pin_memory=device.type == "cuda")
+    batches = run.train_batches(train_set)
 
     # --- loop ---------------------------------------------------------------------------------
     with run.training(val_loader(val_set, workers=min(args.workers, 2))):

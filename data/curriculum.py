@@ -1,13 +1,12 @@
 """Easy-to-hard curriculum over training pairs (Bengio et al. 2009): rank the pairs by how much the
-edit changes the photo, and draw early batches from the easiest ones only.
+edit changes the photo, and draw the early samples from the easiest ones only.
 
 Difficulty of a pair: the mean absolute difference between input and target, measured on both images
 reduced to at most 64 pixels on the long side (area interpolation), so ranking a dataset costs one
-decode per pair. The pool of pairs a draw may pick grows linearly from the easiest ``start_fraction``
-at step 0 to all pairs at ``ramp_steps``; within the pool, draws are uniform with replacement.
+decode per pair. The pool a draw may pick from grows linearly from the easiest ``start_fraction``
+of the pairs at the first draw to all pairs at draw ``ramp_draws`` (a script passes ramp steps x
+images per step); within the pool, draws are uniform with replacement.
 """
-import math
-
 import cv2
 import numpy as np
 
@@ -34,37 +33,35 @@ def rank_by_difficulty(pairs) -> list:
     return sorted(range(len(pairs)), key=lambda index: difficulties[index])
 
 
-class CurriculumSampler(ResumableSampler):
-    """Infinite ``(index, sample_seed)`` keys drawn from the easiest pairs first, resumable at any step.
+class CurriculumStream:
+    """``(index, sample_seed)`` draws from the easiest pairs first, for
+    :class:`data.loaders.ResumableBatchSampler` (``stream=``).
 
-    Draw d (over the whole run) belongs to step d // batch_size; it picks uniformly among the first
-    ``pool_size(step)`` entries of ``ranking`` with a generator seeded by (seed, d), so any draw is
-    reproducible on its own and a resumed run continues exactly. Its sample seed is
-    :class:`ResumableSampler`'s.
+    Draw d picks uniformly among the first ``pool_size(d)`` entries of ``ranking`` with a generator
+    seeded by (seed, d), so every draw is reproducible on its own and a resumed run continues
+    exactly; its sample seed (crop, flip) is :class:`ResumableSampler`'s for draw d.
     """
 
-    def __init__(self, ranking, batch_size, seed, ramp_steps, start_fraction=0.25, start_step=0):
-        super().__init__(len(ranking), batch_size, seed, start_step)
-        if ramp_steps < 0 or not 0 < start_fraction <= 1:
-            raise ValueError(f"curriculum needs ramp_steps >= 0 and start_fraction in (0, 1], "
-                             f"got {ramp_steps}, {start_fraction}")
-        self.ranking = list(ranking)
-        self.ramp_steps, self.start_fraction = ramp_steps, start_fraction
+    def __init__(self, ranking, seed, ramp_draws, start_fraction=0.25):
+        if ramp_draws < 0 or not 0 < start_fraction <= 1:
+            raise ValueError(f"curriculum needs ramp_draws >= 0 and start_fraction in (0, 1], "
+                             f"got {ramp_draws}, {start_fraction}")
+        self.ranking, self.seed = list(ranking), seed
+        self.ramp_draws, self.start_fraction = ramp_draws, start_fraction
+        self.seeds = ResumableSampler(len(self.ranking), 1, seed)
 
-    def fraction(self, step: int) -> float:
-        """The share of pairs (easiest first) that step ``step`` draws from."""
-        if step >= self.ramp_steps:
+    def fraction(self, draw: int) -> float:
+        """The share of the pairs (easiest first) that draw ``draw`` picks from."""
+        if draw >= self.ramp_draws:
             return 1.0
-        return self.start_fraction + (1.0 - self.start_fraction) * step / self.ramp_steps
+        return self.start_fraction + (1.0 - self.start_fraction) * draw / self.ramp_draws
 
-    def pool_size(self, step: int) -> int:
-        return min(self.num_items, max(1, math.ceil(self.fraction(step) * self.num_items)))
+    def pool_size(self, draw: int) -> int:
+        return min(len(self.ranking), max(1, round(self.fraction(draw) * len(self.ranking))))
 
-    def __iter__(self):
-        draw = self.start_step * self.batch_size
+    def draws(self, first_draw: int):
+        draw = first_draw
         while True:
-            pool = self.pool_size(draw // self.batch_size)
-            choice = int(np.random.default_rng([self.seed, _CURRICULUM_STREAM, draw]).integers(pool))
-            yield self.ranking[choice], self.sample_seed(draw)
+            choice = int(np.random.default_rng([self.seed, _CURRICULUM_STREAM, draw]).integers(self.pool_size(draw)))
+            yield self.ranking[choice], self.seeds.sample_seed(draw)
             draw += 1
-

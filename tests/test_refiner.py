@@ -313,15 +313,17 @@ def test_aligned_images_share_the_crop_and_flip_of_their_pair(data, tmp_path):
 
 
 def test_curriculum_draws_easy_pairs_first_and_resumes_exactly():
-    from data.curriculum import CurriculumSampler
+    from data.curriculum import CurriculumStream
+    from data.loaders import PatchSchedule, ResumableBatchSampler
     ranking = [3, 0, 2, 1, 5, 4, 7, 6]  # easiest first
-    sampler = CurriculumSampler(ranking, batch_size=2, seed=0, ramp_steps=10, start_fraction=0.25)
-    draws = [key for _, key in zip(range(40), iter(sampler))]
-    assert {index for index, _ in draws[:4]} <= {3, 0}  # steps 0-1: the easiest quarter only
-    assert sampler.fraction(0) == 0.25 and sampler.fraction(5) == pytest.approx(0.625) and sampler.fraction(10) == 1
-    assert len({index for index, _ in draws}) > 4  # the pool grew
-    resumed = CurriculumSampler(ranking, batch_size=2, seed=0, ramp_steps=10, start_fraction=0.25, start_step=7)
-    assert [key for _, key in zip(range(26), iter(resumed))] == draws[14:]
+    stream = CurriculumStream(ranking, seed=0, ramp_draws=40, start_fraction=0.25)
+    assert stream.fraction(0) == 0.25 and stream.fraction(20) == pytest.approx(0.625) and stream.fraction(40) == 1
+    batches = ResumableBatchSampler(8, PatchSchedule.constant(2), seed=0, stream=stream)
+    drawn = [batch for _, batch in zip(range(30), iter(batches))]
+    assert {index for batch in drawn[:2] for index, _ in batch} <= {3, 0}  # steps 0-1: the easiest quarter
+    assert len({index for batch in drawn for index, _ in batch}) > 4  # the pool grew
+    resumed = ResumableBatchSampler(8, PatchSchedule.constant(2), seed=0, start_step=7, stream=stream)
+    assert [batch for _, batch in zip(range(23), iter(resumed))] == drawn[7:]
 
 
 def test_backbone_in_loop_runs_the_frozen_backbone_on_the_crop(trained_backbone):
