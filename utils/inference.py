@@ -22,6 +22,7 @@ outputs. Which kind of model a checkpoint holds is decided by :data:`MODEL_KINDS
 with one entry and one loader class that has the same ``predict`` method.
 """
 import argparse
+import json
 from pathlib import Path
 
 import cv2
@@ -31,7 +32,8 @@ import torch
 from data.io import read_metadata, write_image
 from models.controlnet import controlnet_member
 
-from .checkpoint import (CheckpointError, add_trust_flag, build_model, load_checkpoint, load_pretrained,
+from .checkpoint import (EXPORT_CONFIG_NAME, EXPORT_FORMAT, EXPORT_WEIGHTS_NAME, CheckpointError, add_trust_flag,
+                         build_model, load_checkpoint, load_exported, load_pretrained, read_export_config,
                          set_trust_checkpoints)
 from .tiling import tiled_forward
 from .training import autocast, configure_backend, resolve_amp, select_device
@@ -49,13 +51,17 @@ DEFAULT_OVERLAP = 32
 DEFAULT_BATCH_SIZE = 4
 # Tiles are cut at multiples of the networks' 2**3 downsampling, so no tile needs padding inside.
 TILE_MULTIPLE = 8
+# The key of an export.py ONNX file's metadata that holds its config.json.
+ONNX_CONFIG_KEY = "rehdr_config"
+ONNX_NAME = "model.onnx"
 
 
 def resolve_checkpoints(paths) -> list:
     """The checkpoint files that ``paths`` (one path or a list) name, in order.
 
-    A ``.pt`` file is itself; a run folder gives its ``best.pt`` (else ``last.pt``); a folder of
-    cross-validation runs gives every ``fold_*/best.pt`` (else that fold's ``last.pt``).
+    A file (``.pt``, an export's ``model.safetensors`` or ``model.onnx``) is itself; a run folder gives
+    its ``best.pt`` (else ``last.pt``), an export folder its ``model.safetensors`` (else ``model.onnx``);
+    a folder of cross-validation runs gives every ``fold_*/best.pt`` (else that fold's ``last.pt``).
     Raises :class:`utils.checkpoint.CheckpointError` naming a path that holds none of these.
     """
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
@@ -71,7 +77,8 @@ def resolve_checkpoints(paths) -> list:
             for run in runs:
                 checkpoint = _run_checkpoint(run)
                 if checkpoint is None:
-                    raise CheckpointError(f"checkpoint folder {run} has neither best.pt nor last.pt")
+                    raise CheckpointError(f"checkpoint folder {run} has neither best.pt nor last.pt "
+                                          f"(nor an export's {EXPORT_WEIGHTS_NAME} or {ONNX_NAME})")
                 files.append(checkpoint)
         else:
             raise CheckpointError(f"checkpoint not found: {path} (give a .pt file, a run folder with best.pt/"
@@ -80,7 +87,7 @@ def resolve_checkpoints(paths) -> list:
 
 
 def _run_checkpoint(run_dir: Path):
-    for name in ("best.pt", "last.pt"):
+    for name in ("best.pt", "last.pt", EXPORT_WEIGHTS_NAME, ONNX_NAME):
         if (run_dir / name).is_file():
             return run_dir / name
     return None
@@ -108,11 +115,17 @@ class NetworkModel:
     """One image-to-image network of the library (``config['model']``) with the input pipeline it
     was trained with; :meth:`predict` maps a photo to its enhanced version on ``device``."""
 
+    multiple = TILE_MULTIPLE  # the tiles' padding; the networks pad inside to their own multiple
+
     def __init__(self, model: torch.nn.Module, config: dict, source: str, device, amp: str = "none",
                  tiling: Tiling = None, used_ema: bool = False, step: int = None):
         if amp not in AMP_MODES:
             raise ValueError(f"--amp must be one of {', '.join(AMP_MODES)}, got {amp!r}")
         self.model = model.to(device).eval()
+        self._set_pipeline(config, source, device, amp, tiling, used_ema, step)
+
+    def _set_pipeline(self, config: dict, source: str, device, amp: str, tiling: Tiling, used_ema: bool,
+                      step: int) -> None:
         self.config, self.source, self.amp, self.used_ema, self.step = config, source, amp, used_ema, step
         self.device = torch.device(device)
         self.tiling = tiling or Tiling()
@@ -128,7 +141,8 @@ class NetworkModel:
         (``sampling`` is for diffusion models; a network is deterministic)."""
         model = build_model(checkpoint["config"]["model"])
         load_pretrained(model, checkpoint, strict=True, prefer_ema=True)
-        used_ema = isinstance(checkpoint.get("ema"), dict) or isinstance(checkpoint.get("params_ema"), dict)
+        used_ema = (isinstance(checkpoint.get("ema"), dict) or isinstance(checkpoint.get("params_ema"), dict)
+                    or (checkpoint.get("format") == EXPORT_FORMAT and checkpoint["config"].get("weights") == "ema"))
         return cls(model, checkpoint["config"], source, device, amp, tiling, used_ema, checkpoint.get("step"))
 
     @property
@@ -168,17 +182,17 @@ class NetworkModel:
         depth = self.depth(tensor, photo_cache) if needs_depth(self.features) else None
         return build_inputs(tensor, self.features, depth=depth)
 
+    def run_tiles(self, tiles: torch.Tensor) -> torch.Tensor:
+        """The executor: (N, C, h, w) padded tiles on the device -> (N, 3, h, w) float32 in [0, 1]."""
+        with autocast(self.device, self.amp):
+            return self.model(tiles).float().clamp(0, 1)
+
     @torch.no_grad()
     def predict(self, rgb: np.ndarray, photo_cache: dict = None) -> torch.Tensor:
         """Enhance an HxWx3 float32 photo in [0, 1]; returns (1, 3, H, W) float32 in [0, 1] on the device."""
         inputs = self.network_input(rgb, {} if photo_cache is None else photo_cache)
-
-        def run_network(tiles):
-            with autocast(self.device, self.amp):
-                return self.model(tiles).float().clamp(0, 1)
-
-        output = tiled_forward(run_network, inputs, tile=self.tiling.tile, overlap=self.tiling.overlap,
-                               batch_size=self.tiling.batch_size, device=self.device)
+        output = tiled_forward(self.run_tiles, inputs, tile=self.tiling.tile, overlap=self.tiling.overlap,
+                               batch_size=self.tiling.batch_size, device=self.device, multiple=self.multiple)
         if output.shape[-2:] != rgb.shape[:2]:
             output = _apply_edit_at_full_size(rgb, output)
         return output
@@ -196,6 +210,53 @@ def _apply_edit_at_full_size(rgb: np.ndarray, reduced_output: torch.Tensor) -> t
     full_edit = cv2.resize(edit, (width, height), interpolation=cv2.INTER_LINEAR)
     result = np.clip(rgb + full_edit, 0.0, 1.0)
     return torch.from_numpy(result).permute(2, 0, 1)[None].to(reduced_output.device)
+
+
+class OnnxModel(NetworkModel):
+    """An export.py ``model.onnx`` run by onnxruntime (CUDA provider when the device is CUDA and the
+    provider is installed, else CPU), with the same input pipeline, tiling and blending as
+    :class:`NetworkModel`: only :meth:`run_tiles`, the executor, differs. The graph is fp32 (--amp does
+    not apply) and does not pad, so tiles are padded to the export's ``size_multiple``."""
+
+    def __init__(self, path, device, tiling: Tiling = None):
+        try:
+            import onnxruntime
+        except ImportError as error:
+            raise ImportError("running a .onnx model needs onnxruntime: pip install -r requirements-extras.txt") from error
+        device = torch.device(device)
+        providers = ["CPUExecutionProvider"]
+        if device.type == "cuda" and "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+            providers.insert(0, ("CUDAExecutionProvider", {"device_id": device.index or 0}))
+        try:
+            self.session = onnxruntime.InferenceSession(str(path), providers=providers)
+        except Exception as error:  # onnxruntime raises its own types for unreadable or invalid graphs
+            raise CheckpointError(f"cannot read ONNX model {path}: {type(error).__name__}: "
+                                  f"{str(error).strip().splitlines()[0]}") from error
+        metadata = self.session.get_modelmeta().custom_metadata_map
+        config = json.loads(metadata[ONNX_CONFIG_KEY]) if ONNX_CONFIG_KEY in metadata else read_export_config(path)
+        self.multiple = int(config.get("size_multiple", TILE_MULTIPLE))
+        self.input_name = self.session.get_inputs()[0].name
+        self.provider = self.session.get_providers()[0]
+        self._set_pipeline(config, str(path), device, "none", tiling, config.get("weights") == "ema", config.get("step"))
+
+    @classmethod
+    def from_file(cls, path, device, amp: str, tiling: Tiling, sampling: dict = None) -> "OnnxModel":
+        return cls(path, device, tiling)
+
+    @property
+    def num_parameters(self) -> int:
+        return 0  # the graph's initializers are not counted; describe() names the file
+
+    def describe(self) -> str:
+        steps = f", step {self.step}" if self.step is not None else ""
+        weights = "EMA weights" if self.used_ema else "weights"
+        name = self.config["model"]["class"].rpartition(".")[2]
+        return f"{name} (ONNX on onnxruntime {self.provider}, fp32, {weights}{steps}) from {self.source}"
+
+    def run_tiles(self, tiles: torch.Tensor) -> torch.Tensor:
+        array = np.ascontiguousarray(tiles.float().cpu().numpy())
+        output = self.session.run(None, {self.input_name: array})[0]
+        return torch.from_numpy(output).to(tiles.device).clamp(0, 1)
 
 
 # (config key, loader): the first key present in a checkpoint's config picks how it is loaded. A
@@ -244,7 +305,13 @@ class Enhancer:
 def load_member(path, device, amp: str = "none", tiling: Tiling = None, sampling: dict = None):
     """Load one checkpoint file as an ensemble member (see :data:`MODEL_KINDS`); ``sampling``: the
     denoising ``steps`` and ``seed`` of diffusion models (None: the run's own)."""
-    checkpoint = load_checkpoint(path)
+    path = Path(path)
+    if path.suffix == ".onnx":
+        return OnnxModel.from_file(path, device, amp, tiling or Tiling(), sampling)
+    if path.suffix == ".safetensors" and path.with_name(EXPORT_CONFIG_NAME).is_file():
+        checkpoint = load_exported(path)
+    else:
+        checkpoint = load_checkpoint(path)
     config = checkpoint.get("config") if isinstance(checkpoint, dict) else None
     if not isinstance(config, dict):
         raise CheckpointError(f"{path} has no run config: enhance needs a checkpoint written by a train_*.py "
@@ -276,6 +343,7 @@ def add_inference_args(parser: argparse.ArgumentParser, checkpoint: str = "optio
     if checkpoint != "none":
         group.add_argument("--checkpoint", nargs="+", required=checkpoint == "required", metavar="CKPT",
                            help="a .pt file, a run folder (its best.pt, else last.pt), a folder of fold_*/ runs, "
+                                "an export.py model.safetensors / model.onnx (or its folder), "
                                 "or several of these: the mean of their outputs (an ensemble)")
     add_trust_flag(group)
     group.add_argument("--tile", type=int, default=DEFAULT_TILE,
