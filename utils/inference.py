@@ -23,6 +23,7 @@ with one entry and one loader class that has the same ``predict`` method.
 """
 import argparse
 import json
+import os
 from pathlib import Path
 
 import cv2
@@ -378,8 +379,21 @@ def enhancer_from_args(args, checkpoints=None) -> Enhancer:
 
 def write_like(photo, destination, rgb: np.ndarray, quality: int = 95) -> None:
     """Write ``rgb`` to ``destination`` (format from its extension) with the bit depth, EXIF and ICC
-    profile of ``photo``; creates the folder."""
+    profile of ``photo``; creates the folder. Atomic: written to a hidden temporary file in the same
+    folder (which enhance.py's listing skips), then renamed, so a crash never leaves a half-written photo."""
     metadata = read_metadata(photo)
-    Path(destination).parent.mkdir(parents=True, exist_ok=True)
-    write_image(destination, rgb, bit_depth=metadata["bit_depth"], exif=metadata["exif"],
-                icc_profile=metadata["icc_profile"], quality=quality)
+    destination = Path(destination)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    temporary = destination.with_name(f".{destination.stem}.tmp{os.getpid()}{destination.suffix}")
+    try:
+        write_image(temporary, rgb, bit_depth=metadata["bit_depth"], exif=metadata["exif"],
+                    icc_profile=metadata["icc_profile"], quality=quality)
+        os.replace(temporary, destination)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def is_up_to_date(photo, destination) -> bool:
+    """Whether ``destination`` exists and is newer than ``photo`` (its enhancement is done)."""
+    destination = Path(destination)
+    return destination.is_file() and destination.stat().st_mtime >= Path(photo).stat().st_mtime
