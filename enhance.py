@@ -124,6 +124,8 @@ def enhance_on_ray(args) -> list:
     todo = plan if args.overwrite else pending(plan)
     if len(todo) < len(plan):
         print(f"skipping {len(plan) - len(todo)} photo(s) whose output is newer than the photo (--overwrite redoes them)")
+    # loaded once here on the CPU, so a bad flag or checkpoint ends as one line (exit 2) before Ray starts
+    enhancer_from_args(argparse.Namespace(**{**vars(args), "device": "cpu"}))
     start = time.time()
     written, failures = enhance_with_ray(args, todo)
     print(ray_summary(len(todo), time.time() - start, failures))

@@ -114,7 +114,10 @@ class EnhanceActor:
             # decoded from a file named like the photo, so format detection and metadata match enhance.py
             local_photo = Path(staging) / Path(photo).name
             local_photo.write_bytes(data)
-            enhanced = self.enhancer.enhance(read_image(local_photo))
+            try:
+                enhanced = self.enhancer.enhance(read_image(local_photo))
+            except ValueError as error:  # named by the photo, not by its staged copy
+                raise ValueError(str(error).replace(str(local_photo), photo)) from error
             if not is_uri(destination):
                 write_like(local_photo, destination, enhanced, self.quality)
                 return
@@ -153,8 +156,7 @@ def enhance_with_ray(args, plan: list) -> tuple:
             _, path = filesystem(photo)
             sources[path] = (str(photo), str(destination))
         in_fs, _ = filesystem(plan[0][0])
-        photos = ray.data.read_binary_files(list(sources), filesystem=in_fs, include_paths=True,
-                                            ray_remote_args={"num_cpus": 0})
+        photos = ray.data.read_binary_files(list(sources), filesystem=in_fs, include_paths=True, num_cpus=0)
         results = photos.map_batches(
             EnhanceActor, fn_constructor_args=(args, sources, cpus if not gpus else 0), batch_size=1,
             concurrency=min(actors, len(plan)), num_cpus=cpus, num_gpus=gpus, batch_format="numpy")
