@@ -25,6 +25,10 @@ ARCHITECTURES = {
     "models.gain.GainRestormer": (TINY_RESTORMER, None),
     "models.zero_conv.ZeroConvRestormer": (TINY_RESTORMER, None),
     "models.darkir.DarkIR": (TINY_DARKIR, "aten::fft_rfft2"),
+    "models.hat.HAT": (dict(upscale=1, img_size=32, window_size=8, embed_dim=12, depths=[2], num_heads=[2], mlp_ratio=2,
+                            squeeze_factor=4, upsampler="pixelshuffle"), None),
+    "models.dat.DAT": (dict(upscale=1, img_size=16, split_size=[4, 8], depth=[2, 1], embed_dim=64, num_heads=[2, 2],
+                            expansion_factor=2), None),
 }
 
 

@@ -121,6 +121,22 @@ def restormer_kwargs(args, inp_channels: int = 3) -> dict:
                 ffn_expansion_factor=args.ffn_expansion_factor, bias=False, LayerNorm_type=args.layernorm)
 
 
+def add_schedule_args(parser: argparse.ArgumentParser, optimizer: str = "adamw", schedule: str = "cosine",
+                      milestones=(0.5, 0.8, 0.9, 0.95), gamma: float = 0.5) -> None:
+    """Optimizer and lr-schedule choice for :func:`utils.training.make_train_step` (without these flags it
+    uses AdamW + cosine). The defaults given are the script's recipe; the milestone defaults are
+    BasicSR's [250k, 400k, 450k, 475k] of 500k iterations (HAT, DAT, SwinIR) as fractions of --steps."""
+    group = parser.add_argument_group("optimizer")
+    group.add_argument("--optimizer", choices=("adamw", "adam"), default=optimizer,
+                       help=f"adamw: decoupled weight decay; adam: L2 weight decay (default {optimizer})")
+    group.add_argument("--schedule", choices=("cosine", "multistep"), default=schedule,
+                       help="cosine decay after the warm-up, or the lr times --lr-gamma at each milestone "
+                            f"(default {schedule})")
+    group.add_argument("--milestones", type=float, nargs="+", default=list(milestones), metavar="FRACTION",
+                       help="multistep: fractions of --steps where the lr drops (default %(default)s)")
+    group.add_argument("--lr-gamma", type=float, default=gamma, help="multistep: lr factor per milestone")
+
+
 def run_cli(main) -> None:
     """Run a script's ``main()``; user errors (bad data, bad checkpoint, a diverging loss) end as one
     line on stderr with exit code 2 instead of a traceback."""

@@ -18,6 +18,7 @@ than the traced one is compared with PyTorch's (:data:`ONNX_TOLERANCE`).
 """
 import contextlib
 import json
+import math
 import os
 import re
 import sys
@@ -79,9 +80,9 @@ def load_run(checkpoint_path) -> tuple:
 
 
 def size_multiple(model: torch.nn.Module) -> int:
-    """The multiple H and W must have inside the network (DarkIR names it ``padder_size``; the
-    library's other U-Nets downsample 3 times, so 8)."""
-    return int(getattr(model, "padder_size", TILE_MULTIPLE))
+    """The multiple H and W must have inside the network, as enhance.py tiles for it: the tiles' 8
+    and the model's ``size_multiple`` (HAT, DAT: their attention windows) or DarkIR's ``padder_size``."""
+    return math.lcm(TILE_MULTIPLE, int(getattr(model, "size_multiple", getattr(model, "padder_size", 1))))
 
 
 def export_config(checkpoint: dict, source, model: torch.nn.Module) -> dict:

@@ -23,6 +23,7 @@ with one entry and one loader class that has the same ``predict`` method.
 """
 import argparse
 import json
+import math
 import os
 from pathlib import Path
 
@@ -50,7 +51,9 @@ AMP_MODES = ("none", "bf16", "fp16")
 DEFAULT_TILE = 512
 DEFAULT_OVERLAP = 32
 DEFAULT_BATCH_SIZE = 4
-# Tiles are cut at multiples of the networks' 2**3 downsampling, so no tile needs padding inside.
+# Tiles are cut at multiples of the networks' 2**3 downsampling, so no tile needs padding inside; a
+# window-attention network (HAT: its window, DAT: its largest window side) names a larger multiple
+# as its ``size_multiple``, which the tiles then follow.
 TILE_MULTIPLE = 8
 # The key of an export.py ONNX file's metadata that holds its config.json.
 ONNX_CONFIG_KEY = "rehdr_config"
@@ -116,20 +119,23 @@ class NetworkModel:
     """One image-to-image network of the library (``config['model']``) with the input pipeline it
     was trained with; :meth:`predict` maps a photo to its enhanced version on ``device``."""
 
-    multiple = TILE_MULTIPLE  # the tiles' padding; the networks pad inside to their own multiple
-
     def __init__(self, model: torch.nn.Module, config: dict, source: str, device, amp: str = "none",
                  tiling: Tiling = None, used_ema: bool = False, step: int = None):
         if amp not in AMP_MODES:
             raise ValueError(f"--amp must be one of {', '.join(AMP_MODES)}, got {amp!r}")
         self.model = model.to(device).eval()
-        self._set_pipeline(config, source, device, amp, tiling, used_ema, step)
+        self._set_pipeline(config, source, device, amp, tiling, used_ema, step,
+                           math.lcm(TILE_MULTIPLE, getattr(model, "size_multiple", 1)), type(model).__name__)
 
     def _set_pipeline(self, config: dict, source: str, device, amp: str, tiling: Tiling, used_ema: bool,
-                      step: int) -> None:
+                      step: int, size_multiple: int, name: str) -> None:
         self.config, self.source, self.amp, self.used_ema, self.step = config, source, amp, used_ema, step
         self.device = torch.device(device)
         self.tiling = tiling or Tiling()
+        self.size_multiple = size_multiple
+        if self.tiling.tile % self.size_multiple:
+            raise ValueError(f"--tile {self.tiling.tile} must be a multiple of {self.size_multiple} for "
+                             f"{name} (its attention windows)")
         self.preprocess = config.get("preprocess") or []
         self.features = config.get("input_features")
         self.depth_model = config.get("depth_model")
@@ -193,7 +199,7 @@ class NetworkModel:
         """Enhance an HxWx3 float32 photo in [0, 1]; returns (1, 3, H, W) float32 in [0, 1] on the device."""
         inputs = self.network_input(rgb, {} if photo_cache is None else photo_cache)
         output = tiled_forward(self.run_tiles, inputs, tile=self.tiling.tile, overlap=self.tiling.overlap,
-                               batch_size=self.tiling.batch_size, device=self.device, multiple=self.multiple)
+                               batch_size=self.tiling.batch_size, device=self.device, multiple=self.size_multiple)
         if output.shape[-2:] != rgb.shape[:2]:
             output = _apply_edit_at_full_size(rgb, output)
         return output
@@ -235,10 +241,10 @@ class OnnxModel(NetworkModel):
                                   f"{str(error).strip().splitlines()[0]}") from error
         metadata = self.session.get_modelmeta().custom_metadata_map
         config = json.loads(metadata[ONNX_CONFIG_KEY]) if ONNX_CONFIG_KEY in metadata else read_export_config(path)
-        self.multiple = int(config.get("size_multiple", TILE_MULTIPLE))
         self.input_name = self.session.get_inputs()[0].name
         self.provider = self.session.get_providers()[0]
-        self._set_pipeline(config, str(path), device, "none", tiling, config.get("weights") == "ema", config.get("step"))
+        self._set_pipeline(config, str(path), device, "none", tiling, config.get("weights") == "ema", config.get("step"),
+                           int(config.get("size_multiple", TILE_MULTIPLE)), config["model"]["class"].rpartition(".")[2])
 
     @classmethod
     def from_file(cls, path, device, amp: str, tiling: Tiling, sampling: dict = None) -> "OnnxModel":
@@ -348,7 +354,8 @@ def add_inference_args(parser: argparse.ArgumentParser, checkpoint: str = "optio
                                 "or several of these: the mean of their outputs (an ensemble)")
     add_trust_flag(group)
     group.add_argument("--tile", type=int, default=DEFAULT_TILE,
-                       help=f"tile size in pixels, a multiple of 8 (0: whole photos; default {DEFAULT_TILE})")
+                       help=f"tile size in pixels, a multiple of 8 and of the model's window (HAT 16, DAT 32) "
+                            f"(0: whole photos; default {DEFAULT_TILE})")
     group.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP,
                        help=f"pixels shared by neighbouring tiles, blended (default {DEFAULT_OVERLAP})")
     group.add_argument("--batch-size", type=int, default=None,

@@ -72,12 +72,19 @@ def make_grad_scaler(amp: str, device: torch.device) -> torch.amp.GradScaler:
 
 # --------------------------------------------------------------------------- optimisation
 
+OPTIMIZERS = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}
+SCHEDULES = ("cosine", "multistep")
+
+
 def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float,
-                    betas=(0.9, 0.999)) -> torch.optim.AdamW:
-    """AdamW over the trainable parameters; the fused kernel (CPU and CUDA) also lets
-    :class:`TrainStep` skip a bad step without a host sync."""
+                    betas=(0.9, 0.999), kind: str = "adamw") -> torch.optim.Optimizer:
+    """AdamW (decoupled weight decay) or Adam (L2 weight decay, BasicSR's recipes) over the trainable
+    parameters; the fused kernel (CPU and CUDA) also lets :class:`TrainStep` skip a bad step without
+    a host sync."""
+    if kind not in OPTIMIZERS:
+        raise ValueError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {kind!r}")
     params = [p for p in model.parameters() if p.requires_grad]
-    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=betas, fused=True)
+    return OPTIMIZERS[kind](params, lr=lr, weight_decay=weight_decay, betas=betas, fused=True)
 
 
 def cosine_with_warmup(optimizer, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.01):
@@ -88,6 +95,18 @@ def cosine_with_warmup(optimizer, warmup_steps: int, total_steps: int, min_lr_ra
             return (step + 1) / warmup_steps
         progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
         return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+
+
+def multistep_with_warmup(optimizer, warmup_steps: int, milestones, gamma: float):
+    """Linear warm-up over ``warmup_steps`` to the base lr, then the lr times ``gamma`` at each of
+    the ``milestones`` (optimizer steps) passed: BasicSR's MultiStepLR. Stepped once per optimizer step."""
+    milestones = sorted(int(m) for m in milestones)
+
+    def lr_factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        return gamma ** sum(step >= milestone for milestone in milestones)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
 
 
@@ -197,12 +216,23 @@ def make_train_step(model: torch.nn.Module, args, device: torch.device, *, lr: f
                     min_lr_ratio: float = 0.01) -> TrainStep:
     """The shared optimisation recipe from the shared flags: fused AdamW (--lr, --weight-decay),
     linear warm-up (--warmup) then cosine decay over --steps, loss scaling for --amp fp16 only,
-    gradient clipping (--grad-clip) and EMA weights (--ema DECAY, 0: off). Keyword arguments override
-    a flag for a second network or a second training phase."""
+    gradient clipping (--grad-clip) and EMA weights (--ema DECAY, 0: off). A script that adds
+    :func:`utils.cli.add_schedule_args` may choose Adam (--optimizer) and a multi-step decay
+    (--schedule multistep, --milestones as fractions of the steps, --lr-gamma). Keyword arguments
+    override a flag for a second network or a second training phase."""
     optimizer = build_optimizer(model, args.lr if lr is None else lr,
-                                args.weight_decay if weight_decay is None else weight_decay, betas=betas)
-    scheduler = cosine_with_warmup(optimizer, args.warmup if warmup is None else warmup,
-                                   args.steps if total_steps is None else total_steps, min_lr_ratio)
+                                args.weight_decay if weight_decay is None else weight_decay, betas=betas,
+                                kind=getattr(args, "optimizer", "adamw"))
+    total_steps = args.steps if total_steps is None else total_steps
+    warmup = args.warmup if warmup is None else warmup
+    schedule = getattr(args, "schedule", "cosine")
+    if schedule == "multistep":
+        scheduler = multistep_with_warmup(optimizer, warmup, [round(f * total_steps) for f in args.milestones],
+                                          args.lr_gamma)
+    elif schedule == "cosine":
+        scheduler = cosine_with_warmup(optimizer, warmup, total_steps, min_lr_ratio)
+    else:
+        raise ValueError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
     return TrainStep(optimizer, scheduler, make_grad_scaler(args.amp, device),
                      args.grad_clip if grad_clip is None else grad_clip,
                      ema=EMA(model, args.ema) if ema and args.ema > 0 else None)
