@@ -24,12 +24,24 @@ ARCHITECTURES = {
     "models.restormer.Restormer": (TINY_RESTORMER, None),
     "models.gain.GainRestormer": (TINY_RESTORMER, None),
     "models.zero_conv.ZeroConvRestormer": (TINY_RESTORMER, None),
-    "models.darkir.DarkIR": (TINY_DARKIR, "aten::fft_rfft2"),
+    "models.darkir.DarkIR": (TINY_DARKIR, None),  # its FFT block through utils.export.ONNX_SUBSTITUTES
+    "tests.test_export.SpectralNet": ({}, "aten::fft_rfft2"),
     "models.hat.HAT": (dict(upscale=1, img_size=32, window_size=8, embed_dim=12, depths=[2], num_heads=[2], mlp_ratio=2,
                             squeeze_factor=4, upsampler="pixelshuffle"), None),
     "models.dat.DAT": (dict(upscale=1, img_size=16, split_size=[4, 8], depth=[2, 1], embed_dim=64, num_heads=[2, 2],
                             expansion_factor=2), None),
 }
+
+
+class SpectralNet(torch.nn.Module):
+    """A network with a complex FFT that no substitute covers: what a refused export looks like."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 3, 1)
+
+    def forward(self, x):
+        return torch.fft.irfft2(torch.fft.rfft2(self.conv(x)), s=x.shape[-2:])
 
 
 def run_with_ema(tmp_path, cls_path="models.restormer.Restormer", kwargs=TINY_RESTORMER, **config):

@@ -22,6 +22,7 @@ import math
 import os
 import re
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +47,62 @@ KNOWN_BLOCKERS = {
     "aten::angle": "a complex phase (torch.angle)",
     "aten::complex": "a complex tensor (torch.complex)",
 }
+
+
+def _fremlp_by_real_dft(module, x: torch.Tensor) -> torch.Tensor:
+    """DarkIR's FreMLP (models/darkir.py) with rfft2/irfft2 written as real matrix products, which
+    ONNX expresses (its DFT operator has no PyTorch exporter translation at this opset), for any H, W.
+
+    rfft along W and a full DFT along H give the spectrum Y = Yr + i Yi; the block's output spectrum
+    A exp(i angle Y) is A * Y / |Y| (A alone where |Y| = 0, as angle(0) = 0); the inverse DFT along
+    H, then the inverse real DFT along W with weight 1 for the DC and Nyquist bins and 2 for the
+    others, as irfft2 (s=(H, W), norm='backward'). Angles use (n * k) mod N, exact in integers, so
+    their float32 rounding does not grow with the size. Cost: O(HW(H + W)) per channel, not O(HW log HW).
+    """
+    height, width = x.shape[-2:]
+    dtype, x = x.dtype, x.float()
+
+    def dft_matrices(n_rows, n_cols, size):
+        rows, cols = torch.arange(n_rows), torch.arange(n_cols)
+        angle = (rows[:, None] * cols[None, :]) % size * (2 * math.pi / size)
+        return torch.cos(angle), torch.sin(angle)
+
+    bins = width // 2 + 1
+    cos_w, sin_w = dft_matrices(width, bins, width)            # (W, W/2+1)
+    cos_h, sin_h = dft_matrices(height, height, height)         # (H, H), symmetric
+    real, imag = x @ cos_w, -(x @ sin_w)                        # rfft along W
+    real, imag = cos_h @ real + sin_h @ imag, cos_h @ imag - sin_h @ real   # DFT along H
+    magnitude = torch.sqrt(real * real + imag * imag)
+    amplitude = module.process1(magnitude)
+    nonzero = magnitude > 0
+    scale = amplitude / torch.where(nonzero, magnitude, torch.ones_like(magnitude))
+    real, imag = torch.where(nonzero, real * scale, amplitude), torch.where(nonzero, imag * scale, torch.zeros_like(imag))
+    real, imag = (cos_h @ real - sin_h @ imag) / height, (cos_h @ imag + sin_h @ real) / height   # inverse along H
+    k = torch.arange(bins)
+    weight = 2.0 - (k == 0).float() - (2 * k == width).float()  # DC and (even W) Nyquist once, the rest twice
+    out = ((real * weight) @ cos_w.transpose(0, 1) - (imag * weight) @ sin_w.transpose(0, 1)) / width
+    return out.to(dtype)
+
+
+# Modules whose forward the exporter cannot translate, by class path, and an equal forward it can
+# (the check after export compares the graph with the original forward).
+ONNX_SUBSTITUTES = {"models.darkir.FreMLP": _fremlp_by_real_dft}
+
+
+@contextlib.contextmanager
+def _substituted_for_export(model: torch.nn.Module):
+    patched = []
+    for module in model.modules():
+        cls = type(module)
+        substitute = ONNX_SUBSTITUTES.get(f"{cls.__module__}.{cls.__qualname__}")
+        if substitute is not None:
+            module.forward = types.MethodType(substitute, module)
+            patched.append(module)
+    try:
+        yield
+    finally:
+        for module in patched:
+            del module.forward
 
 
 class ExportBlocked(ValueError):
@@ -161,7 +218,7 @@ def trace_to_onnx(model: torch.nn.Module, path, channels: int, opset: int = ONNX
     try:
         # the tracer warns about the shape checks and the (not taken) padding branch (padding is
         # outside), and on failure its C++ side prints the whole traced graph: the one-line error says it all
-        with warnings.catch_warnings(), torch.no_grad(), _stdout_discarded():
+        with warnings.catch_warnings(), torch.no_grad(), _stdout_discarded(), _substituted_for_export(model):
             warnings.simplefilter("ignore")
             torch.onnx.export(model, (dummy,), str(path), dynamo=False, opset_version=opset,
                               input_names=["input"], output_names=["output"],
