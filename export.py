@@ -9,8 +9,9 @@ architecture (class + constructor kwargs), input features and preprocessing, so 
 and ``utils.checkpoint.load_pretrained`` take the export in place of the run. ONNX: opset 17, dynamic
 batch/height/width, H and W multiples of config['size_multiple'] (enhance.py pads its tiles; see
 utils/export.py); right after writing, onnxruntime is compared with PyTorch on a random input and the
-maximum difference printed (the export fails above 1e-4). An architecture whose operators ONNX cannot
-express is refused in one line naming the operator. Exit status 2 for a bad argument or checkpoint.
+maximum difference printed (the export fails above 1e-4). Every architecture of models/ exports (DarkIR's
+FFT block as real DFT matrix products); a network with an operator ONNX cannot express is refused in one
+line naming the operator. Exit status 2 for a bad argument or checkpoint.
 """
 import argparse
 from pathlib import Path

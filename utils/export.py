@@ -14,7 +14,10 @@ LayerNormalization and is run by every onnxruntime >= 1.14), input ``input`` (N,
 output ``output`` (N, 3, H, W), N, H and W dynamic. Padding is done OUTSIDE the graph: H and W must
 be multiples of ``size_multiple`` (in the config; 8 for the library's U-Nets); enhance.py's tiling
 pads every tile to it. Right after writing, onnxruntime's output on a random input of another size
-than the traced one is compared with PyTorch's (:data:`ONNX_TOLERANCE`).
+than the traced one is compared with PyTorch's (:data:`ONNX_TOLERANCE`). A module the exporter cannot
+translate is traced through an equal forward from :data:`ONNX_SUBSTITUTES` (DarkIR's FFT block as
+real DFT matrix products); any other untranslatable operator ends the export with
+:class:`ExportBlocked`, one line naming the operator and the alternative (safetensors + PyTorch).
 """
 import contextlib
 import json

@@ -14,7 +14,10 @@ input. Per photo and per checkpoint, each stage only when the config names it:
    feature comes from the MiDaS/DPT model at ``config['depth_model']``, run once per photo on the
    whole photo (never per tile). RGB and features are then tiled together.
 3. The network over overlapping, blended tiles (:func:`utils.tiling.tiled_forward`), EMA weights
-   when the checkpoint has them, output clamped to [0, 1].
+   when the checkpoint has them, output clamped to [0, 1]. The executor of the tiles is PyTorch
+   (:class:`NetworkModel`) or, for an export.py ``model.onnx``, onnxruntime (:class:`OnnxModel`);
+   stages 1-3 are the same code for both. An export's ``model.safetensors`` + ``config.json`` loads
+   as a checkpoint (:func:`utils.checkpoint.load_exported`).
 
 Several checkpoints form an ensemble (e.g. the folds of a cross-validation run): the mean of their
 outputs. Which kind of model a checkpoint holds is decided by :data:`MODEL_KINDS`, a list of
