@@ -3,7 +3,7 @@ photos/s of enhance.py --ray with 1 and 2 CPU actors vs plain enhance.py. README
 
     OMP_NUM_THREADS=2 /work/venv/bin/python tools/bench_deploy.py executors --arch restormer darkir \
         --size 512x384 --tile 256
-    /work/venv/bin/python tools/bench_deploy.py ray --photos 6 --size 1024x768 --tile 256
+    /work/venv/bin/python tools/bench_deploy.py ray --photos 4 --size 1024x768 --tile 256
 
 Random weights (speed does not depend on them) at the architectures' published sizes (Restormer Base,
 DarkIR-m; the Ray measurement: DarkIR at width 8, so it runs in minutes), written as a run checkpoint and exported with utils/export.py, then enhanced through
@@ -11,6 +11,7 @@ DarkIR-m; the Ray measurement: DarkIR at width 8, so it runs in minutes), writte
 its one-line refusal instead of an onnxruntime figure.
 """
 import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -48,10 +49,12 @@ def photo(height: int, width: int, seed: int = 0) -> np.ndarray:
     return np.clip(cv2.resize(rng.random((6, 6, 3)).astype(np.float32), (width, height)), 0, 1)
 
 
-def timed(enhancer, rgb) -> float:
-    start = time.perf_counter()
+def timed(enhancer, rgb) -> tuple:
+    """(wall seconds, CPU seconds of this process, all threads) of one enhance: on a shared machine
+    the wall time depends on the other load, the CPU time much less."""
+    wall, cpu = time.perf_counter(), time.process_time()
     enhancer.enhance(rgb)
-    return time.perf_counter() - start
+    return time.perf_counter() - wall, time.process_time() - cpu
 
 
 def bench_executors(args, work: Path) -> None:
@@ -59,17 +62,18 @@ def bench_executors(args, work: Path) -> None:
     rgb, megapixels = photo(height, width), width * height / 1e6
     for arch in args.arch:
         checkpoint = write_run(work, arch)
-        torch_seconds = timed(load_enhancer(checkpoint, tile=args.tile, overlap=args.overlap, batch_size=1), rgb)
-        line = f"{arch}: PyTorch eager {torch_seconds / megapixels:.1f} s/MP"
+        torch_wall, torch_cpu = timed(load_enhancer(checkpoint, tile=args.tile, overlap=args.overlap, batch_size=1), rgb)
+        line = f"{arch}: PyTorch eager {torch_wall / megapixels:.1f} s/MP wall, {torch_cpu / megapixels:.1f} CPU-s/MP"
         try:
             (onnx_path, _), difference = export_onnx(checkpoint, work / f"{arch}_onnx")
-            onnx_seconds = timed(load_enhancer(onnx_path, tile=args.tile, overlap=args.overlap, batch_size=1), rgb)
-            line += (f", onnxruntime {onnx_seconds / megapixels:.1f} s/MP (x{torch_seconds / onnx_seconds:.2f}; "
+            onnx_wall, onnx_cpu = timed(load_enhancer(onnx_path, tile=args.tile, overlap=args.overlap, batch_size=1), rgb)
+            line += (f"; onnxruntime {onnx_wall / megapixels:.1f} s/MP wall, {onnx_cpu / megapixels:.1f} CPU-s/MP "
+                     f"(PyTorch/onnxruntime: wall x{torch_wall / onnx_wall:.2f}, CPU x{torch_cpu / onnx_cpu:.2f}; "
                      f"export check {difference:.1e})")
         except ExportBlocked as refusal:
             line += f", onnxruntime: not exportable ({refusal})"
-        print(f"{line}  [{args.size}, tile {args.tile}, overlap {args.overlap}, {torch.get_num_threads()} threads]",
-              flush=True)
+        print(f"{line}  [{args.size}, tile {args.tile}, overlap {args.overlap}, {torch.get_num_threads()} threads, "
+              f"load average {os.getloadavg()[0]:.1f}]", flush=True)
 
 
 def bench_ray(args, work: Path) -> None:
@@ -90,7 +94,7 @@ def bench_ray(args, work: Path) -> None:
         seconds = time.perf_counter() - start
         reported = [line for line in done.stdout.splitlines() if line.startswith(("ray:", "enhanced"))]
         print(f"{label}: {args.photos / seconds:.3f} photos/s over {seconds:.1f} s wall (process start included; "
-              f"exit {done.returncode}) | {' '.join(reported)}", flush=True)
+              f"exit {done.returncode}, load average {os.getloadavg()[0]:.1f}) | {' '.join(reported)}", flush=True)
 
 
 def main():
