@@ -73,8 +73,8 @@ class Run:
             return "-"
         kwargs = spec.get("kwargs", {})
         text = spec["class"].rpartition(".")[2]
-        size = next((f"{key} {kwargs[key]}" for key in ("dim", "width") if key in kwargs), None)
-        channels = kwargs.get("inp_channels", 3)
+        size = next((f"{key} {kwargs[key]}" for key in ("dim", "width", "n_feat") if key in kwargs), None)
+        channels = kwargs.get("inp_channels", kwargs.get("in_channels", 3))
         details = [detail for detail in (size, f"{channels}-channel input" if channels != 3 else None) if detail]
         return f"{text} ({', '.join(details)})" if details else text
 

@@ -27,14 +27,15 @@ CPU smoke test (seconds):
 
 import torch
 
-from data.folds import build_fold_datasets, fold_resume_path, resume_folder, write_fold_summary
-from data.loaders import train_batches, val_loader
+from data.folds import build_fold_datasets
+from data.loaders import val_loader
 from losses import CombinedLoss, L1Loss
 from losses.perceptual import VGGPerceptualLoss, add_vgg_args
 from losses.structural import SSIMLoss
 from models.zero_conv import ZeroConvRestormer
-from utils.checkpoint import model_spec
+from utils.checkpoint import load_pretrained_restormer, model_spec
 from utils.cli import add_restormer_args, base_parser, parse_args, restormer_kwargs, run_cli
+from utils.folds import fold_resume_path, resume_folder, write_fold_summary
 from utils.run import Run, setup
 from utils.training import TrainingState, autocast, make_train_step, seed_everything
 
@@ -58,7 +59,7 @@ def train_fold(args, fold, train_set, val_set, criterion, device, fold_dir):
     model_kwargs = restormer_kwargs(args)
     model = ZeroConvRestormer(**model_kwargs, grad_checkpoint=args.grad_checkpoint)
     if args.pretrained:
-        model.load_pretrained_restormer(args.pretrained)
+        load_pretrained_restormer(model, args.pretrained)
     else:
         print("warning: no --pretrained: the locked Restormer is randomly initialised (smoke tests only)")
     model.to(device)
@@ -76,9 +77,8 @@ def train_fold(args, fold, train_set, val_set, criterion, device, fold_dir):
 
     # --- resume -------------------------------------------------------------------------------
     run = Run(args, state, device, run_dir=fold_dir, resume=resume_path or False,
-              name=f"{args.script} fold {fold}/{args.folds}")
-    batches = train_batches(train_set, args.batch_size, fold_seed, start_step=run.step,
-                            workers=args.workers, pin_memory=device.type == "cuda")
+              name=f"{args.script} fold {fold}/{args.folds}", summary=False)  # the CV summary closes the run
+    batches = run.train_batches(train_set, seed=fold_seed)
 
     # --- loop ---------------------------------------------------------------------------------
     with run.training(val_loader(val_set, workers=min(args.workers, 2))):

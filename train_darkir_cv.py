@@ -28,8 +28,8 @@ CPU smoke test (seconds):
         --dec-blocks 1 1 1 --middle-blocks-enc 1 --middle-blocks-dec 1 --side-weight 0.5 --val-every 2 \
         --vgg-weights random --out /tmp/smoke
 """
-from data.folds import build_fold_datasets, fold_resume_path, resume_folder, write_fold_summary
-from data.loaders import train_batches, val_loader
+from data.folds import build_fold_datasets
+from data.loaders import val_loader
 from losses import CombinedLoss, L1Loss
 from losses.perceptual import VGGPerceptualLoss, add_vgg_args
 from losses.side_output import SideOutputLoss
@@ -37,6 +37,7 @@ from losses.structural import SSIMLoss
 from models.darkir import DarkIR
 from utils.checkpoint import model_spec
 from utils.cli import add_darkir_args, base_parser, darkir_kwargs, parse_args, run_cli
+from utils.folds import fold_resume_path, resume_folder, write_fold_summary
 from utils.run import Run, prepare_model, setup
 from utils.training import TrainingState, autocast, make_train_step, seed_everything
 
@@ -69,9 +70,8 @@ def train_fold(args, fold, train_set, val_set, criterion, side_criterion, device
 
     # --- resume -------------------------------------------------------------------------------
     run = Run(args, state, device, run_dir=fold_dir, resume=resume_path or False,
-              name=f"{args.script} fold {fold}/{args.folds}")
-    batches = train_batches(train_set, args.batch_size, fold_seed, start_step=run.step,
-                            workers=args.workers, pin_memory=device.type == "cuda")
+              name=f"{args.script} fold {fold}/{args.folds}", summary=False)  # the CV summary closes the run
+    batches = run.train_batches(train_set, seed=fold_seed)
 
     # --- loop ---------------------------------------------------------------------------------
     with run.training(val_loader(val_set, workers=min(args.workers, 2))):

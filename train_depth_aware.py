@@ -19,15 +19,14 @@ CPU smoke test (seconds; tiny-random: a random tiny DPT whose depth is noise):
 from functools import partial
 
 
-from data.depth_dataset import add_feature_args, build_feature_datasets, model_inputs_for
 from data.features import FEATURE_SPECS, num_input_channels
-from data.loaders import train_batches, val_loader
+from data.loaders import val_loader
 from losses import CombinedLoss
 from losses.delta import add_delta_args, delta_loss_from_args
-from models.expand import load_pretrained_expanding
 from models.restormer import Restormer
-from utils.checkpoint import model_spec
+from utils.checkpoint import load_pretrained_expanding, model_spec
 from utils.cli import add_restormer_args, base_parser, parse_args, restormer_kwargs, run_cli
+from utils.features import add_feature_args, build_feature_datasets, model_inputs_for
 from utils.run import Run, prepare_model, setup
 from utils.training import TrainingState, autocast, make_train_step
 
@@ -74,8 +73,7 @@ def main(argv=None):
 
     # --- resume -------------------------------------------------------------------------------
     run = Run(args, state, device, model_inputs=model_inputs)
-    batches = train_batches(train_set, args.batch_size, args.seed, start_step=run.step,
-                            workers=args.workers, pin_memory=device.type == "cuda")
+    batches = run.train_batches(train_set)
 
     # --- loop ---------------------------------------------------------------------------------
     with run.training(val_loader(val_set, workers=min(args.workers, 2))):

@@ -19,10 +19,10 @@ CPU smoke test (seconds):
 import torch
 
 from data.build import build_datasets
-from data.loaders import train_batches, val_loader
+from data.loaders import val_loader
 from losses import CombinedLoss, L1Loss
 from models.zero_conv import ZeroConvRestormer
-from utils.checkpoint import model_spec
+from utils.checkpoint import load_pretrained_restormer, model_spec
 from utils.cli import add_restormer_args, base_parser, parse_args, restormer_kwargs, run_cli
 from utils.run import Run, setup
 from utils.training import TrainingState, autocast, make_train_step
@@ -51,7 +51,7 @@ def main(argv=None):
     model_kwargs = restormer_kwargs(args)
     model = ZeroConvRestormer(**model_kwargs, grad_checkpoint=args.grad_checkpoint)
     if args.pretrained:
-        model.load_pretrained_restormer(args.pretrained)
+        load_pretrained_restormer(model, args.pretrained)
     else:
         print("warning: no --pretrained: the locked Restormer is randomly initialised (smoke tests only)")
     model.to(device)
@@ -70,8 +70,7 @@ def main(argv=None):
 
     # --- resume -------------------------------------------------------------------------------
     run = Run(args, state, device)
-    batches = train_batches(train_set, args.batch_size, args.seed, start_step=run.step,
-                            workers=args.workers, pin_memory=device.type == "cuda")
+    batches = run.train_batches(train_set)
 
     # --- loop ---------------------------------------------------------------------------------
     with run.training(val_loader(val_set, workers=min(args.workers, 2))):

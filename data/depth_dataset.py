@@ -1,77 +1,115 @@
-"""Data and network inputs for the models with extra input channels (``data.features`` specs).
+"""Depth maps for the datasets of the depth-feature recipes: computed once per image file, cached on disk,
+and cropped and flipped together with the RGB.
 
-Shared by ``train_midas_depth.py``, ``train_multi_feature.py`` and ``train_depth_aware.py``:
-
-* :func:`add_feature_args` — their flags (``--depth-model``, ``--depth-cache``,
-  ``--[no-]zero-init-extra-channels``);
-* :func:`build_feature_datasets` — the training / validation sets for a feature spec. A spec with
-  ``'depth'`` gets MiDaS / DPT depth computed **once** per image, on the full image, before training
-  (with a progress bar) and cached on disk (:class:`models.depth.DepthCache`); samples then carry it
-  as ``'depth'``, cropped and flipped together with the RGB (:class:`DepthPairedDataset`);
-* :func:`model_inputs_for` — ``batch -> network input`` with :func:`data.features.build_inputs`, the
-  call ``enhance.py`` makes too, used for training and validation alike.
+:class:`DepthCache` keeps each image's depth as a ``.npy`` file; it is handed the depth network,
+already built (``models.depth.DepthEstimator``, loaded by ``utils.features.load_depth_model``), as a
+function. :func:`with_precomputed_depth` fills it before training and wraps the training and
+validation sets as :class:`DepthPairedDataset`, whose samples carry ``'depth'``.
 """
-import argparse
-import sys
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
-from data.build import build_datasets
-from data.dataset import PairedDataset
-from data.features import build_inputs, needs_depth, parse_feature_spec
-
-# --depth-model value that builds a randomly initialised tiny DPT instead of loading MiDaS weights.
-TINY_RANDOM_DEPTH_MODEL = "tiny-random"
-# Sub-folder of the run folder where that tiny model is saved (and found again on --resume).
-TINY_RANDOM_FOLDER = "tiny_random_dpt"
-# Fixed, so the tiny model of a run folder is the same whenever it has to be rebuilt.
-TINY_RANDOM_SEED = 0
+from .dataset import PairedDataset
+from .io import atomic_destination, read_image
 
 
-def add_feature_args(parser, depth: bool) -> None:
-    """The flags of the feature scripts; ``depth=True`` adds the (required) depth model flags."""
-    group = parser.add_argument_group("input features")
-    group.add_argument("--zero-init-extra-channels", action=argparse.BooleanOptionalAction, default=True,
-                       help="with --pretrained RGB weights: zero weights for the extra input channels, so "
-                            "training starts from exactly the pretrained output (--no-zero-init-extra-channels: "
-                            "random weights for them)")
-    if depth:
-        group.add_argument("--depth-model", required=True, metavar="PATH_OR_ID",
-                           help="MiDaS/DPT depth model: a save_pretrained folder (`hf download "
-                                "Intel/dpt-hybrid-midas --local-dir DIR`), a hub id already in the local "
-                                f"Hugging Face cache, or '{TINY_RANDOM_DEPTH_MODEL}' (random tiny DPT, "
-                                "smoke tests only)")
-        group.add_argument("--depth-cache", default=None,
-                           help="folder of cached depth maps (default: OUT/depth_cache); entries are keyed "
-                                "by image file and model, so runs on the same data may share one")
+def _as_rgb_batch(rgb_full_image: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """(1, 3, H, W) float32 tensor from numpy HWC or a torch (3, H, W) / (1, 3, H, W) tensor."""
+    if isinstance(rgb_full_image, np.ndarray):
+        if rgb_full_image.ndim != 3 or rgb_full_image.shape[2] != 3:
+            raise ValueError(f"numpy image must be HWC RGB, got shape {rgb_full_image.shape}")
+        return torch.from_numpy(np.ascontiguousarray(rgb_full_image, dtype=np.float32)).permute(2, 0, 1)[None]
+    batch = rgb_full_image if rgb_full_image.ndim == 4 else rgb_full_image[None]
+    if batch.shape[0] != 1 or batch.shape[1] != 3:
+        raise ValueError(f"torch image must be (3, H, W) or (1, 3, H, W), got {tuple(rgb_full_image.shape)}")
+    return batch.float()
 
 
-def resolve_depth_model(name_or_path: str, run_dir) -> str:
-    """What ``load_depth_model`` loads and the checkpoint records as ``config['depth_model']``.
+class DepthCache:
+    """Depth maps computed once per image file and kept on disk as ``.npy`` (float16, H x W).
 
-    A folder becomes its absolute path (so ``enhance.py`` finds it from anywhere); a hub id stays as
-    it is. ``'tiny-random'`` saves a randomly initialised tiny DPT (``models.depth.tiny_dpt_config``)
-    into ``RUN_DIR/tiny_random_dpt`` unless it is there already (a resumed run keeps its model) and
-    returns that folder, so it goes through exactly the loading and caching path of real weights;
-    it prints a warning, its depth being noise.
+    The file name hashes (absolute image path, file size, mtime, model_key), so editing or replacing
+    an image, or switching models, makes a new entry instead of reusing a stale one. Depth is
+    computed on the full image (before random crops), so crops and flips are applied to RGB and
+    depth together afterwards. Writes are atomic (temp file + rename), so DataLoader workers can share
+    a cache directory; :meth:`precompute` fills it up front, which keeps the model out of the workers.
+
+    cache_dir: created if missing. model_key: identifies the depth model (``DepthEstimator.model_key``).
+    estimator: callable (1, 3, H, W) in [0, 1] -> (1, 1, H, W) depth, called only on a miss.
+    ``hits`` / ``misses`` count lookups in this process.
     """
-    if name_or_path == TINY_RANDOM_DEPTH_MODEL:
-        folder = (Path(run_dir) / TINY_RANDOM_FOLDER).resolve()
-        if not (folder / "config.json").is_file():
-            from models.depth import tiny_dpt_config
-            config = tiny_dpt_config()  # first: without transformers it names the requirements file
-            from transformers import DPTForDepthEstimation
-            with torch.random.fork_rng(devices=[]):  # leave the run's random streams untouched
-                torch.manual_seed(TINY_RANDOM_SEED)
-                DPTForDepthEstimation(config).save_pretrained(folder)
-        print(f"WARNING: --depth-model {TINY_RANDOM_DEPTH_MODEL}: a randomly initialised tiny DPT ({folder}); "
-              "its depth is noise, for smoke tests only. For real depth: hf download Intel/dpt-hybrid-midas "
-              "--local-dir DIR, then --depth-model DIR", file=sys.stderr)
-        return str(folder)
-    path = Path(name_or_path).expanduser()
-    return str(path.resolve()) if path.is_dir() else name_or_path
+
+    def __init__(
+        self,
+        cache_dir: str | os.PathLike,
+        model_key: str,
+        estimator: Callable[[torch.Tensor], torch.Tensor],
+    ):
+        self.cache_dir = Path(cache_dir)
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        self.model_key = model_key
+        self.estimator = estimator
+        self.hits = 0
+        self.misses = 0
+
+    def entry_path(self, image_path: str | os.PathLike) -> Path:
+        """The cache file for the image as it is now on disk."""
+        resolved = Path(image_path).resolve()
+        stat = resolved.stat()
+        identity = f"{resolved}|{stat.st_size}|{stat.st_mtime_ns}|{self.model_key}"
+        return self.cache_dir / f"{hashlib.sha256(identity.encode()).hexdigest()[:32]}.npy"
+
+    def get_or_compute(
+        self, image_path: str | os.PathLike, rgb_full_image: np.ndarray | torch.Tensor
+    ) -> np.ndarray:
+        """Depth (H, W) float32 in [0, 1], far = 1, for the image at ``image_path``.
+
+        rgb_full_image: that image's full RGB in [0, 1], numpy HWC or torch (3, H, W) / (1, 3, H, W).
+        Read from disk when cached with the same height and width; otherwise computed with the
+        estimator and stored. Values are float16-rounded either way, so a hit returns exactly what
+        the miss returned.
+        """
+        rgb = _as_rgb_batch(rgb_full_image)
+        entry = self.entry_path(image_path)
+        if entry.is_file():
+            cached = np.load(entry)
+            if cached.shape == tuple(rgb.shape[-2:]):
+                self.hits += 1
+                return cached.astype(np.float32)
+        self.misses += 1
+        depth = self.estimator(rgb)[0, 0].float().cpu().numpy().astype(np.float16)
+        with atomic_destination(entry) as tmp, open(tmp, "wb") as handle:  # full disk: one clear line
+            np.save(handle, depth)
+        return depth.astype(np.float32)
+
+    def precompute(
+        self,
+        image_paths: Iterable[str | os.PathLike],
+        load_rgb: Callable[[str | os.PathLike], np.ndarray | torch.Tensor] = read_image,
+        progress: bool = True,
+    ) -> None:
+        """Fill the cache for every image not cached yet, with a progress bar.
+
+        load_rgb must load images exactly as the training dataset does (same orientation and size),
+        since the cached map must line up with the RGB it is cropped with; the default is the
+        project's ``data.io.read_image``.
+        """
+        paths = list(image_paths)
+        for image_path in tqdm(paths, desc="depth cache", unit="image", disable=not progress):
+            # An existing entry is trusted here so a filled cache costs no image decoding;
+            # get_or_compute still checks its size against the image at training time.
+            if self.entry_path(image_path).is_file():
+                self.hits += 1
+                continue
+            self.get_or_compute(image_path, load_rgb(image_path))
 
 
 def _depth_not_precomputed(rgb):
@@ -82,7 +120,7 @@ def _depth_not_precomputed(rgb):
 class DepthPairedDataset(PairedDataset):
     """:class:`data.dataset.PairedDataset` whose samples also hold ``'depth'`` (1, h, w) in [0, 1].
 
-    The depth of a pair's input image comes from ``depth_cache`` (a :class:`models.depth.DepthCache`),
+    The depth of a pair's input image comes from ``depth_cache`` (a :class:`DepthCache`),
     computed on the full image. It travels through PairedDataset's crop, padding and flips as a 4th
     input channel (they treat channels alike), so the depth is pixel-aligned with the RGB crop by
     construction, whatever the crop or flip, and is split off again at the end.
@@ -121,46 +159,3 @@ def with_precomputed_depth(train_set: PairedDataset, val_set: PairedDataset, dep
     depth_cache.precompute([pair.input for pair in train_set.pairs + val_set.pairs], progress=progress)
     read_only = type(depth_cache)(depth_cache.cache_dir, depth_cache.model_key, _depth_not_precomputed)
     return DepthPairedDataset.like(train_set, read_only), DepthPairedDataset.like(val_set, read_only)
-
-
-def build_feature_datasets(args, spec, device, run_dir):
-    """``(train_set, val_set, depth_model)`` for a script with feature spec ``spec``.
-
-    Without ``'depth'`` in the spec: :func:`data.build.build_datasets` and ``depth_model=None``.
-    With it: ``args.depth_model`` is resolved (:func:`resolve_depth_model`) and loaded on ``device``
-    (under ``args.amp`` autocast), every image's depth is computed into ``args.depth_cache``
-    (default ``RUN_DIR/depth_cache``), and the sets become :class:`DepthPairedDataset`; the
-    returned ``depth_model`` is what the checkpoint must record as ``config['depth_model']``.
-    """
-    train_set, val_set = build_datasets(args)
-    if not needs_depth(spec):
-        return train_set, val_set, None
-    from models.depth import DepthCache, load_depth_model
-
-    depth_model = resolve_depth_model(args.depth_model, run_dir)
-    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp)
-    estimator = load_depth_model(depth_model, device, autocast_dtype=autocast_dtype)
-    cache_dir = args.depth_cache or Path(run_dir) / "depth_cache"
-    train_set, val_set = with_precomputed_depth(train_set, val_set,
-                                                DepthCache(cache_dir, estimator.model_key, estimator))
-    print(f"depth: {depth_model}, cached in {cache_dir}")
-    return train_set, val_set, depth_model
-
-
-def model_inputs_for(spec, device):
-    """``model_inputs(batch)``: the network input (N, 3 + len(spec), H, W) on ``device``.
-
-    RGB is ``batch['input']``, depth (when the spec has it) ``batch['depth']``; the features are
-    computed on ``device`` in float32 (outside autocast) by :func:`data.features.build_inputs`,
-    exactly as at inference. Pass it to the loop and to ``RunFolder.end_step(model_inputs=...)`` so
-    validation sees what training sees.
-    """
-    spec = parse_feature_spec(spec)
-    depth_needed = needs_depth(spec)
-
-    def model_inputs(batch):
-        rgb = batch["input"].to(device, non_blocking=True)
-        depth = batch["depth"].to(device, non_blocking=True) if depth_needed else None
-        return build_inputs(rgb, spec, depth=depth)
-
-    return model_inputs

@@ -44,7 +44,6 @@ PROXY_WEIGHTS = {"brightness": 0.45, "neutrality": 0.2, "smoothness": 0.2, "heig
 # Keeps the gradient of sqrt finite on flat regions; the features run in float32 so 1e-12 is
 # representable.
 _EDGE_EPS = 1e-12
-_DEPTH_RANGE_EPS = 1e-6
 
 
 def _check_rgb(rgb: torch.Tensor) -> None:
@@ -155,24 +154,6 @@ def proxy_depth(rgb: torch.Tensor) -> torch.Tensor:
     return _proxy_depth_from_cues(luma, saturation(rgb), _edge_from_luminance(luma))
 
 
-def normalize_depth(depth: torch.Tensor, from_disparity: bool = False) -> torch.Tensor:
-    """Per-image min-max normalisation of a depth map to [0, 1] with 0 = near, 1 = far.
-
-    depth: (N, 1, H, W). With ``from_disparity=True`` the input is inverse depth (disparity, large =
-    near), which is what MiDaS / DPT models predict; it is flipped to ``max - d`` before scaling.
-    MiDaS disparity is only defined up to an unknown scale and shift, so flipping it (rather than
-    taking 1 / d) is the meaningful way to get a far-is-large ordering. A constant map gives 0.
-
-    Returns (N, 1, H, W) in [0, 1].
-    """
-    if depth.ndim != 4 or depth.shape[1] != 1:
-        raise ValueError(f"depth must have shape (N, 1, H, W), got {tuple(depth.shape)}")
-    oriented = -depth if from_disparity else depth
-    low = oriented.amin(dim=(2, 3), keepdim=True)
-    high = oriented.amax(dim=(2, 3), keepdim=True)
-    return ((oriented - low) / (high - low).clamp_min(_DEPTH_RANGE_EPS)).clamp(0.0, 1.0)
-
-
 # Feature names accepted in a spec. 'depth' is the precomputed, normalised MiDaS depth (see
 # models.depth); every other feature is computed from RGB on the fly.
 FEATURE_NAMES = ("depth", "proxy_depth", "edge", "saturation", "luminance")
@@ -216,9 +197,9 @@ def build_inputs(rgb: torch.Tensor, spec: Sequence[str], depth: torch.Tensor | N
     """The network input for a feature spec: RGB followed by the features in spec order.
 
     rgb: (N, 3, H, W) in [0, 1]. depth: (N, 1, H, W) in [0, 1], 0 = near, 1 = far (from
-    ``models.depth.DepthEstimator`` or its disk cache); required if and only if 'depth' is in the
-    spec, and moved to rgb's device and dtype. Features that share intermediates (luminance, edges,
-    saturation for the proxy) compute them once.
+    ``models.depth.DepthEstimator`` or its disk cache, ``data.depth_dataset.DepthCache``); required if
+    and only if 'depth' is in the spec, and moved to rgb's device and dtype. Features that share
+    intermediates (luminance, edges, saturation for the proxy) compute them once.
 
     Returns (N, 3 + len(spec), H, W).
     """
@@ -247,7 +228,7 @@ def _checked_depth(depth: torch.Tensor | None, rgb: torch.Tensor, names: tuple[s
     if depth is None:
         raise ValueError(
             f"feature spec {names} includes 'depth': pass the precomputed depth map (N, 1, H, W) "
-            "from models.depth (DepthEstimator or DepthCache) as build_inputs(..., depth=...)"
+            "from models.depth.DepthEstimator (or data.depth_dataset.DepthCache) as build_inputs(..., depth=...)"
         )
     expected = (rgb.shape[0], 1, *rgb.shape[2:])
     if tuple(depth.shape) != expected:

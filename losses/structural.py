@@ -1,8 +1,8 @@
-"""SSIM loss: the structural similarity of :func:`utils.metrics.ssim` (the one SSIM of the codebase) as a loss."""
+"""SSIM loss: the structural similarity of :func:`losses.ssim.ssim` (the one SSIM of the codebase) as a loss."""
 import torch
 from torch import nn
 
-from utils.metrics import ssim
+from .ssim import ssim
 
 
 class SSIMLoss(nn.Module):

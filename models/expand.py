@@ -4,11 +4,10 @@ A multi-feature Restormer (RGB + depth / edge / saturation maps) differs from th
 Restormer only in its first convolution, ``patch_embed.proj.weight`` of shape (dim, C_in, 3, 3).
 Widening that tensor with zero weights for the extra channels gives a network whose output is
 exactly the pretrained one whatever the extra channels hold, so fine-tuning starts from the
-pretrained behaviour and learns how much to use each new channel.
+pretrained behaviour and learns how much to use each new channel. The weights come in as a state dict
+(``utils.checkpoint.load_pretrained_expanding`` reads the file).
 """
 import torch
-
-from utils.checkpoint import CheckpointError, extract_state_dict, load_checkpoint, load_pretrained, unwrap_model
 
 # The first convolution of Restormer (and of every model of the library built on OverlapPatchEmbed).
 INPUT_CONV_KEY = "patch_embed.proj.weight"
@@ -40,27 +39,21 @@ def expand_input_channels(state_dict: dict, new_in_channels: int, key: str = INP
     return expanded
 
 
-def load_pretrained_expanding(model: torch.nn.Module, path, zero_init_extra_channels: bool = True,
-                              key: str = INPUT_CONV_KEY):
-    """Load RGB (or same-width) pretrained weights into ``model``, widening its input convolution.
+def expand_to_model(model: torch.nn.Module, state_dict: dict, zero_init_extra_channels: bool = True,
+                    key: str = INPUT_CONV_KEY) -> dict:
+    """``state_dict`` with its ``key`` weight widened to ``model``'s input channels, if it has fewer.
 
-    Files whose ``key`` weight has fewer input channels than the model's get it expanded with
-    :func:`expand_input_channels`: zeros for the extra channels with ``zero_init_extra_channels``
-    (the model starts out computing exactly the pretrained output), else the model's own fresh
-    random initialisation for them. Every other weight must fit exactly (strict loading, as
-    :func:`utils.checkpoint.load_pretrained`). Returns ``load_pretrained``'s (missing, unexpected).
+    The extra channels get zeros with ``zero_init_extra_channels`` (the model then computes exactly
+    the pretrained output), else ``model``'s own current (fresh random) weights for them. A state dict
+    that already fits, or that lacks ``key``, comes back unchanged, for strict loading to judge.
+    ``utils.checkpoint.load_pretrained_expanding`` reads the file and loads the result.
     """
-    state_dict = extract_state_dict(load_checkpoint(path))
-    own_weight = unwrap_model(model).state_dict().get(key)
+    own_weight = model.state_dict().get(key)
     pretrained_weight = state_dict.get(key)
-    if own_weight is not None and pretrained_weight is not None and pretrained_weight.ndim == own_weight.ndim:
-        old_in, new_in = pretrained_weight.shape[1], own_weight.shape[1]
-        if old_in < new_in:
-            extra = None if zero_init_extra_channels else own_weight[:, old_in:].detach().clone()
-            state_dict = expand_input_channels(state_dict, new_in, key, extra)
-            init = "zeros" if zero_init_extra_channels else "random"
-            print(f"pretrained {path}: {key} expanded from {old_in} to {new_in} input channels ({init} for the extra ones)")
-    try:
-        return load_pretrained(model, state_dict, strict=True)
-    except CheckpointError as error:
-        raise CheckpointError(f"--pretrained {path}: {error}") from None
+    if own_weight is None or pretrained_weight is None or pretrained_weight.ndim != own_weight.ndim:
+        return state_dict
+    old_in, new_in = pretrained_weight.shape[1], own_weight.shape[1]
+    if old_in >= new_in:
+        return state_dict
+    extra = None if zero_init_extra_channels else own_weight[:, old_in:].detach().clone()
+    return expand_input_channels(state_dict, new_in, key, extra)

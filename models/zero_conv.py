@@ -17,9 +17,7 @@ import copy
 import torch
 from torch import nn
 
-from utils.checkpoint import load_pretrained
 from .padding import pad_to_multiple
-
 from .restormer import SIZE_MULTIPLE, Restormer
 
 # Restormer's encoder, in order: (stage, the downsampling that feeds it or None).
@@ -83,10 +81,11 @@ class ZeroConvRestormer(nn.Module):
             nn.init.zeros_(conv.weight)
             nn.init.zeros_(conv.bias)
 
-    def load_pretrained_restormer(self, path_or_checkpoint) -> None:
-        """Load Restormer weights (official ``params``/``params_ema`` files or a Restormer checkpoint of
-        this codebase) into the locked model and its trainable copy; the zero convolutions stay zero."""
-        load_pretrained(self.locked, path_or_checkpoint, strict=True)
+    def load_restormer_state_dict(self, state_dict: dict) -> None:
+        """Restormer weights (a state dict: ``utils.checkpoint.load_pretrained_restormer`` reads official
+        ``params``/``params_ema`` files and this codebase's checkpoints, and checks the fit) into the
+        locked model and its trainable copy; the zero convolutions stay zero."""
+        self.locked.load_state_dict(state_dict, strict=True)
         self.control.copy_from(self.locked)
 
     def forward(self, inp_img: torch.Tensor) -> torch.Tensor:

@@ -96,3 +96,16 @@ def identity_checkpoint(tmp_path):
     """RUN/best.pt of a :class:`LocalConvNet` whose output is exactly its input."""
     return save_model_checkpoint(tmp_path / "identity_run" / "best.pt", LocalConvNet(identity=True),
                                  {"identity": True})
+
+
+def constant(rgb, size=8):
+    """A (1, 3, size, size) image of one colour."""
+    return torch.tensor(rgb, dtype=torch.float32).view(1, 3, 1, 1).expand(1, 3, size, size).clone()
+
+
+@pytest.fixture(scope="module")
+def random_vgg():
+    """(VGGPerceptualLoss, GramStyleLoss) on a random VGG19, built once per module: the code path of real weights."""
+    from losses.perceptual import GramStyleLoss, VGGPerceptualLoss
+    with pytest.warns(UserWarning, match="randomly initialised"):
+        return VGGPerceptualLoss(vgg_weights="random"), GramStyleLoss(vgg_weights="random")

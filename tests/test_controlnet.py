@@ -1,4 +1,4 @@
-"""Stable Diffusion + ControlNet (models/controlnet.py, train_controlnet*.py) on a tiny random SD built here.
+"""Stable Diffusion + ControlNet (utils/controlnet_pipeline.py, data/latents.py, train_controlnet*.py) on a tiny random SD built here.
 
 The tiny model differs on purpose from the library's ``--pretrained tiny-random`` (which the generic script
 smoke tests use): epsilon prediction with a DDIM scheduler config, and a 4x VAE, so the conditioning
@@ -16,11 +16,12 @@ import torch.nn.functional as F
 import transformers
 
 from data.dataset import PairedDataset
+from data.latents import LatentCache, SeededSamples
 from data.pairs import resolve_datasets_pairs
-from models.controlnet import (SD21, SD21_BASE, ControlNetEnhancer, LatentCache, PromptBank, SeededSamples,
-                               build_controlnet, build_controlnet_optimizer, diffusion_loss, load_controlnet_enhancer,
-                               load_stable_diffusion, resolve_pretrained, write_model_index)
 from utils.checkpoint import build_model, load_checkpoint
+from utils.controlnet_pipeline import (SD21, SD21_BASE, ControlNetEnhancer, PromptBank, build_controlnet,
+                                       build_controlnet_optimizer, diffusion_loss, load_controlnet_enhancer,
+                                       load_stable_diffusion, resolve_pretrained, write_model_index)
 
 PROMPT = "a bright room"
 
@@ -177,7 +178,7 @@ def test_enhancer_renders_photos_of_any_size_reproducibly(sd):
 
 def test_latent_cache_holds_fixed_windows_encoded_once(sd, tiny_pairs):
     pairs, _ = resolve_datasets_pairs(str(tiny_pairs), val_fraction=0.1, seed=0)
-    cache = LatentCache(pairs, sd, crop=32, windows_per_image=2, seed=0, device="cpu", batch_size=5)
+    cache = LatentCache(pairs, sd.encode_images, crop=32, windows_per_image=2, seed=0, device="cpu", batch_size=5)
     assert len(cache) == 2 * len(pairs)
     first, second = cache[0], cache[(1, 77)]
     assert first["latent_mean"].shape == (4, 8, 8) and first["input"].shape == (3, 32, 32)

@@ -11,15 +11,11 @@ import torch
 import torch.nn.functional as F
 from transformers import DPTForDepthEstimation
 
-from data.features import normalize_depth
+from data.depth_dataset import DepthCache
 from data.io import read_image
-from models.depth import (
-    DPT_DEFAULT_MEAN,
-    DepthCache,
-    DepthEstimator,
-    load_depth_model,
-    tiny_dpt_config,
-)
+from losses.depth_maps import normalize_depth
+from models.depth import DPT_DEFAULT_MEAN, DepthEstimator, tiny_dpt_config
+from utils.features import load_depth_model
 
 
 @pytest.fixture(scope="module")

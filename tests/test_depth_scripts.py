@@ -9,22 +9,16 @@ import pytest
 import torch
 
 import enhance
-from data.depth_dataset import (
-    TINY_RANDOM_FOLDER,
-    DepthPairedDataset,
-    build_feature_datasets,
-    model_inputs_for,
-    resolve_depth_model,
-    with_precomputed_depth,
-)
 from data.build import build_datasets
+from data.depth_dataset import DepthCache, DepthPairedDataset, with_precomputed_depth
 from data.features import FEATURE_SPECS, build_inputs, luminance
 from data.io import read_image
 from data.loaders import train_batches, val_loader
-from models.depth import DepthCache, load_depth_model
-from models.expand import INPUT_CONV_KEY, expand_input_channels, load_pretrained_expanding
+from models.expand import INPUT_CONV_KEY, expand_input_channels
 from models.restormer import Restormer
-from utils.checkpoint import CheckpointError, build_model, load_checkpoint, load_pretrained
+from utils.checkpoint import CheckpointError, build_model, load_checkpoint, load_pretrained, load_pretrained_expanding
+from utils.features import (TINY_RANDOM_FOLDER, build_feature_datasets, load_depth_model, model_inputs_for,
+                            resolve_depth_model)
 from utils.inference import NetworkModel, load_enhancer
 
 ROOT = Path(__file__).resolve().parents[1]

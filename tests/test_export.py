@@ -18,13 +18,19 @@ from utils.inference import OnnxModel, load_enhancer
 
 TINY_RESTORMER = dict(dim=8, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1, heads=[1, 1, 1, 1])
 TINY_DARKIR = dict(width=8, enc_blk_nums=[1, 1, 1], dec_blk_nums=[1, 1, 1], middle_blk_num_enc=1, middle_blk_num_dec=1)
-# Every image-to-image architecture of models/, tiny; None: exports and passes the check, else the
-# operator the one-line refusal must name.
+# Every image-to-image architecture of models/, tiny; None: exports and passes the check, else what the
+# one-line refusal must name (the operator, or the module whose graph cannot have dynamic H and W).
 ARCHITECTURES = {
     "models.restormer.Restormer": (TINY_RESTORMER, None),
     "models.gain.GainRestormer": (TINY_RESTORMER, None),
     "models.zero_conv.ZeroConvRestormer": (TINY_RESTORMER, None),
     "models.darkir.DarkIR": (TINY_DARKIR, None),  # its FFT block through utils.export.ONNX_SUBSTITUTES
+    "models.mambair.MambaIR": (dict(upscale=1, embed_dim=30, depths=[1, 1], mlp_ratio=1.2, d_state=4,
+                                    drop_path_rate=0.0), "SS2D: its selective scan"),
+    "models.mambair.MambaIRUNet": (dict(dim=30, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1, mlp_ratio=1.5),
+                                   "SS2D: its selective scan"),
+    "models.retinexformer.RetinexFormer": (dict(n_feat=8, stage=1, num_blocks=[1, 1, 1]), None),
+    "models.retinexmamba.RetinexMamba": (dict(n_feat=4, stage=1, num_blocks=[1, 1, 1], d_state=2), "SS2D: its selective scan"),
     "tests.test_export.SpectralNet": ({}, "aten::fft_rfft2"),
     "models.hat.HAT": (dict(upscale=1, img_size=32, window_size=8, embed_dim=12, depths=[2], num_heads=[2], mlp_ratio=2,
                             squeeze_factor=4, upsampler="pixelshuffle"), None),

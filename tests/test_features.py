@@ -7,12 +7,12 @@ from data.features import (
     edge_magnitude,
     luminance,
     needs_depth,
-    normalize_depth,
     num_input_channels,
     parse_feature_spec,
     proxy_depth,
     saturation,
 )
+from losses.depth_maps import normalize_depth
 
 FEATURE_FUNCTIONS = (luminance, saturation, edge_magnitude, proxy_depth)
 

@@ -31,6 +31,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from data.io import atomic_destination
+from models.expand import INPUT_CONV_KEY, expand_to_model
+
 CHECKPOINT_FORMAT = "rehdr-checkpoint-v1"
 # export.py's layout: the weights as model.safetensors (or the graph as model.onnx) + config.json
 EXPORT_FORMAT = "rehdr-export-v1"
@@ -109,12 +112,13 @@ def set_rng_state(state: dict) -> None:
 
 
 def atomic_save(obj, path) -> None:
-    """torch.save to a temporary file next to ``path``, then rename over it."""
+    """torch.save to a temporary file next to ``path``, then rename over it. On a full disk (torch
+    reports it as ``RuntimeError ... unexpected pos``) the temporary file is removed, ``path`` keeps
+    its previous content, and :class:`data.io.DiskFullError` says which folder is full."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_destination(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def save_checkpoint(path, *, step: int, model, config: dict, optimizer=None, scheduler=None,
@@ -267,6 +271,31 @@ def extract_state_dict(checkpoint, prefer_ema: bool = True) -> dict:
     return cleaned
 
 
+def rename_legacy_keys(state_dict: dict, model: torch.nn.Module) -> tuple:
+    """Map the keys of an older official naming onto ``model``'s; returns ``(state_dict, renamed)``.
+
+    A model class that was published under more than one key naming for the same tensors declares
+    ``checkpoint_key_renames``: ``(pattern, replacement)`` regular-expression pairs from an older name
+    to the current one. A key the model lacks is renamed by the first pair that turns it into a key
+    the model has; ``renamed`` lists the ``(old, new)`` pairs applied.
+    """
+    renames = getattr(type(model), "checkpoint_key_renames", ())
+    if not renames:
+        return state_dict, []
+    own = model.state_dict()
+    result, renamed = {}, []
+    for name, value in state_dict.items():
+        if name not in own:
+            for pattern, replacement in renames:
+                candidate = re.sub(pattern, replacement, name)
+                if candidate != name and candidate in own:
+                    renamed.append((name, candidate))
+                    name = candidate
+                    break
+        result[name] = value
+    return result, renamed
+
+
 def load_pretrained(model: torch.nn.Module, path_or_checkpoint, strict: bool = True,
                     prefer_ema: bool = True, verbose: bool = True):
     """Load weights from a file (or an already loaded dict) into ``model``; loud about mismatches.
@@ -274,7 +303,8 @@ def load_pretrained(model: torch.nn.Module, path_or_checkpoint, strict: bool = T
     ``path_or_checkpoint``: any file :func:`load_checkpoint` reads (``.pt``/``.pth``, ``.safetensors``).
     Returns ``(missing_keys, unexpected_keys)``. With ``strict=True`` any missing/unexpected key or
     shape mismatch raises :class:`CheckpointError` naming a few of them; with ``strict=False`` they
-    are printed and the matching tensors are loaded.
+    are printed and the matching tensors are loaded. Keys of an older official naming that the model
+    class declares (:func:`rename_legacy_keys`) are mapped first, and the mapping is printed.
     """
     checkpoint = path_or_checkpoint
     source = "<dict>"
@@ -283,6 +313,11 @@ def load_pretrained(model: torch.nn.Module, path_or_checkpoint, strict: bool = T
         checkpoint = load_checkpoint(path_or_checkpoint)
     state_dict = extract_state_dict(checkpoint, prefer_ema=prefer_ema)
     target = unwrap_model(model)
+    state_dict, renamed = rename_legacy_keys(state_dict, target)
+    if renamed:
+        old, new = renamed[0]
+        print(f"load_pretrained({source}): {len(renamed)} keys of an older {type(target).__name__} naming "
+              f"mapped to the current one (e.g. {old} -> {new})")
     own = target.state_dict()
     missing = [k for k in own if k not in state_dict]
     unexpected = [k for k in state_dict if k not in own]
@@ -299,3 +334,40 @@ def load_pretrained(model: torch.nn.Module, path_or_checkpoint, strict: bool = T
     compatible = {k: v for k, v in state_dict.items() if k in own and v.shape == own[k].shape}
     target.load_state_dict(compatible, strict=False)
     return missing, unexpected
+
+
+def load_pretrained_expanding(model: torch.nn.Module, path, zero_init_extra_channels: bool = True,
+                              key: str = INPUT_CONV_KEY):
+    """Load RGB (or same-width) pretrained weights from ``path`` into ``model``, widening its input convolution.
+
+    Files whose ``key`` weight has fewer input channels than the model's get it expanded by
+    :func:`models.expand.expand_to_model`: zeros for the extra channels with ``zero_init_extra_channels``
+    (the model starts out computing exactly the pretrained output), else the model's own fresh
+    random initialisation for them. Every other weight must fit exactly (strict loading, as
+    :func:`load_pretrained`). Returns ``load_pretrained``'s (missing, unexpected).
+    """
+    state_dict = extract_state_dict(load_checkpoint(path))
+    expanded = expand_to_model(unwrap_model(model), state_dict, zero_init_extra_channels, key)
+    if expanded is not state_dict:
+        init = "zeros" if zero_init_extra_channels else "random"
+        print(f"pretrained {path}: {key} expanded from {state_dict[key].shape[1]} to {expanded[key].shape[1]} "
+              f"input channels ({init} for the extra ones)")
+    try:
+        return load_pretrained(model, expanded, strict=True)
+    except CheckpointError as error:
+        raise CheckpointError(f"--pretrained {path}: {error}") from None
+
+
+def load_pretrained_restormer(model: torch.nn.Module, path_or_checkpoint) -> None:
+    """Restormer weights (official ``params``/``params_ema`` files, a Restormer checkpoint of this
+    codebase, or such a dict already loaded) into a ``models.zero_conv.ZeroConvRestormer``: its
+    locked model and trainable copy, through ``load_restormer_state_dict``. Raises
+    :class:`CheckpointError` naming what does not fit."""
+    checkpoint = path_or_checkpoint if isinstance(path_or_checkpoint, dict) else load_checkpoint(path_or_checkpoint)
+    zero_conv = unwrap_model(model)
+    try:
+        zero_conv.load_restormer_state_dict(extract_state_dict(checkpoint))
+    except RuntimeError:
+        # load_pretrained names the missing, unexpected and mismatched weights (strict: it raises).
+        load_pretrained(zero_conv.locked, path_or_checkpoint, strict=True)
+        raise

@@ -13,6 +13,8 @@ import copy
 import sys
 from pathlib import Path
 
+from data.mixup import MIXUP_BETA
+
 from .checkpoint import add_trust_flag, set_trust_checkpoints
 from .training import resolve_amp, select_device
 
@@ -37,7 +39,14 @@ def base_parser(description: str, **defaults) -> argparse.ArgumentParser:
     data.add_argument("--cache", action="store_true", help="keep decoded images in memory (per worker)")
     train = parser.add_argument_group("training")
     train.add_argument("--steps", type=int, default=50_000, help="optimizer steps in total")
-    train.add_argument("--batch-size", type=int, default=4, help=f"images per step ({OOM_HINT})")
+    train.add_argument("--batch-size", type=int, default=4, help=f"images per micro-batch ({OOM_HINT})")
+    train.add_argument("--grad-accum", type=positive_int, default=1, metavar="N",
+                       help="micro-batches per optimizer step: N x --batch-size images per step in "
+                       "the memory of one micro-batch")
+    train.add_argument("--progressive", default=None, metavar="STEPS:CROP:BATCH,...",
+                       help="progressive patches: stages of STEPS optimizer steps at CROP px and BATCH "
+                       "images (replacing --crop/--batch-size), e.g. 20000:128:8,20000:256:2,10000:384:1; "
+                       "'official': Restormer's 6 stages (128 px x 8 ... 384 px x 1) scaled to --steps")
     train.add_argument("--lr", type=float, default=3e-4, help="peak AdamW learning rate")
     train.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay")
     train.add_argument("--warmup", type=int, default=1000, help="linear warm-up steps before the cosine decay")
@@ -60,6 +69,9 @@ def base_parser(description: str, **defaults) -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=0, help="seed of everything random (saved with the run)")
     run.add_argument("--val-every", type=int, default=1000, help="validate every N optimizer steps")
     run.add_argument("--save-every", type=int, default=1000, help="write last.pt every N optimizer steps")
+    run.add_argument("--keep-best", type=positive_int, default=1, metavar="K",
+                     help="besides best.pt, keep the K best validated checkpoints as best_stepNNNNNNN.pt "
+                     "(1: best.pt only)")
     run.add_argument("--log-every", type=int, default=50, help="log training losses every N steps")
     run.add_argument("--num-samples", type=int, default=4, help="validation images in the sample grid")
     parser.set_defaults(**defaults)
@@ -121,6 +133,13 @@ def restormer_kwargs(args, inp_channels: int = 3) -> dict:
                 ffn_expansion_factor=args.ffn_expansion_factor, bias=False, LayerNorm_type=args.layernorm)
 
 
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
 def add_schedule_args(parser: argparse.ArgumentParser, optimizer: str = "adamw", schedule: str = "cosine",
                       milestones=(0.5, 0.8, 0.9, 0.95), gamma: float = 0.5) -> None:
     """Optimizer and lr-schedule choice for :func:`utils.training.make_train_step` (without these flags it
@@ -138,15 +157,15 @@ def add_schedule_args(parser: argparse.ArgumentParser, optimizer: str = "adamw",
 
 
 def run_cli(main) -> None:
-    """Run a script's ``main()``; user errors (bad data, bad checkpoint, a diverging loss) end as one
-    line on stderr with exit code 2 instead of a traceback."""
-    from data.io import ImageReadError
+    """Run a script's ``main()``; user errors (bad data, bad checkpoint, a diverging loss, a full
+    disk) end as one line on stderr with exit code 2 instead of a traceback."""
+    from data.io import DiskFullError, ImageReadError
     from data.pairs import DataLayoutError
     from .checkpoint import CheckpointError
     from .training import NonFiniteLossError
     try:
         main()
-    except (DataLayoutError, ImageReadError, CheckpointError, NonFiniteLossError,
+    except (DataLayoutError, ImageReadError, CheckpointError, NonFiniteLossError, DiskFullError,
             FileNotFoundError, ValueError, ImportError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
@@ -177,3 +196,43 @@ def darkir_kwargs(args) -> dict:
                 middle_blk_num_enc=args.middle_blocks_enc, middle_blk_num_dec=args.middle_blocks_dec,
                 enc_blk_nums=list(args.enc_blocks), dec_blk_nums=list(args.dec_blocks),
                 dilations=list(args.dilations), extra_depth_wise=True)
+
+
+# The Retinexformer / RetinexMamba training recipe of the official option files
+# (Options/RetinexFormer_{LOL_v1,LOL_v2_real,NTIRE}.yml, Options/RetinexMamba_LOL_v1.yml): Adam
+# (AdamW with no weight decay is the same update) at 2e-4, no warm-up, 128-px crops, batch 8, 150k
+# steps in two cosine cycles of 46k + 104k steps with eta_mins 3e-4 and 1e-6, gradient norm clipped
+# at 0.01 (BasicSR's use_grad_clip, the shared default), mixup with beta 1.2 as an option.
+RETINEX_RECIPE = dict(lr=2e-4, weight_decay=0.0, warmup=0, crop=128, batch_size=8, steps=150_000)
+
+
+def add_retinex_args(parser: argparse.ArgumentParser, d_state: bool = False) -> None:
+    """RetinexFormer / RetinexMamba size flags (defaults: the published n_feat 40, 1 stage, blocks
+    1 2 2; ``d_state``: RetinexMamba's state size at full resolution) and the recipe's
+    schedule and mixup flags."""
+    model = parser.add_argument_group("model (Retinex)")
+    model.add_argument("--n-feat", type=int, default=40, help="channels at full resolution (divisible by 4)")
+    model.add_argument("--stage", type=int, default=1, help="estimator + restorer stages")
+    model.add_argument("--num-blocks", type=int, nargs=3, default=[1, 2, 2],
+                       help="guided blocks at full, half resolution and the quarter-resolution bottleneck")
+    if d_state:
+        model.add_argument("--d-state", type=int, default=16,
+                           help="state size of the selective scans at full resolution (doubles per level)")
+    schedule = parser.add_argument_group("schedule and augmentation (the official recipe)")
+    schedule.add_argument("--cycles", type=float, nargs="+", default=[46, 104],
+                          help="relative lengths of the cosine cycles that share --steps (official: 46k + 104k)")
+    schedule.add_argument("--cycle-min-lrs", type=float, nargs="+", default=[3e-4, 1e-6],
+                          help="lr each cycle anneals to (one per cycle; official: 3e-4 -- a rising first "
+                               "cycle -- then 1e-6)")
+    schedule.add_argument("--mixup", action="store_true",
+                          help="mix half of the batches with a permutation of themselves (official: on)")
+    schedule.add_argument("--mixup-beta", type=float, default=MIXUP_BETA, help="Beta(b, b) of the mixing weight")
+
+
+def retinex_kwargs(args, in_channels: int = 3) -> dict:
+    """RetinexFormer / RetinexMamba constructor arguments from :func:`add_retinex_args`' flags."""
+    kwargs = dict(in_channels=in_channels, out_channels=3, n_feat=args.n_feat, stage=args.stage,
+                  num_blocks=list(args.num_blocks))
+    if hasattr(args, "d_state"):
+        kwargs["d_state"] = args.d_state
+    return kwargs

@@ -108,6 +108,13 @@ def _substituted_for_export(model: torch.nn.Module):
             del module.forward
 
 
+# Modules that trace but whose graph would be fixed to the traced photo size, by class path: why.
+ONNX_BLOCKING_MODULES = {
+    "models.ss2d.SS2D": "its selective scan (models/scan.py) loops over the H*W sequence in Python, which a "
+                        "traced graph fixes to one photo size",
+}
+
+
 class ExportBlocked(ValueError):
     """An architecture the ONNX exporter cannot translate; the message names the operator."""
 
@@ -216,6 +223,12 @@ def _stdout_discarded():
 def trace_to_onnx(model: torch.nn.Module, path, channels: int, opset: int = ONNX_OPSET) -> None:
     """Export ``model`` (N, C, H, W) -> (N, 3, H, W) with dynamic N, H, W; raises :class:`ExportBlocked`."""
     import warnings
+    for module in model.modules():
+        cls = type(module)
+        reason = ONNX_BLOCKING_MODULES.get(f"{cls.__module__}.{cls.__qualname__}")
+        if reason is not None:
+            raise ExportBlocked(f"{type(model).__name__} does not export to ONNX with dynamic H and W: {cls.__name__}: "
+                                f"{reason}; deploy it with --format safetensors and enhance.py's PyTorch path instead")
     dummy = torch.rand(1, channels, *TRACE_SIZE)
     axes = {0: "batch", 2: "height", 3: "width"}
     try:

@@ -35,7 +35,6 @@ import numpy as np
 import torch
 
 from data.io import read_metadata, write_image
-from models.controlnet import controlnet_member
 
 from .checkpoint import (EXPORT_CONFIG_NAME, EXPORT_FORMAT, EXPORT_WEIGHTS_NAME, CheckpointError, add_trust_flag,
                          build_model, load_checkpoint, load_exported, load_pretrained, read_export_config,
@@ -174,7 +173,7 @@ class NetworkModel:
                 raise CheckpointError(f"{self.source}: input feature 'depth' needs config['depth_model'] "
                                       "(the MiDaS/DPT folder the run was trained with)")
             if self._depth_estimator is None:
-                from models.depth import load_depth_model
+                from .features import load_depth_model
                 self._depth_estimator = load_depth_model(self.depth_model, self.device,
                                                          autocast_dtype=_autocast_dtype(self.amp))
             photo_cache[key] = self._depth_estimator(rgb)
@@ -272,8 +271,14 @@ class OnnxModel(NetworkModel):
 # (config key, loader): the first key present in a checkpoint's config picks how it is loaded. A
 # loader takes (checkpoint, source, device, amp, tiling, sampling) and returns an object with
 # ``predict(rgb, photo_cache) -> (1, 3, H, W)``, ``describe()`` and ``num_parameters``.
+def _controlnet_member(*args):
+    # Imported when a ControlNet checkpoint is loaded: the pipeline module builds on this one.
+    from .controlnet_pipeline import controlnet_member
+    return controlnet_member(*args)
+
+
 MODEL_KINDS = (
-    ("controlnet", controlnet_member),
+    ("controlnet", _controlnet_member),
     ("model", NetworkModel.from_checkpoint),
 )
 

@@ -110,6 +110,47 @@ def multistep_with_warmup(optimizer, warmup_steps: int, milestones, gamma: float
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
 
 
+def split_steps(total_steps: int, fractions) -> list:
+    """``total_steps`` cut into consecutive periods in proportion to ``fractions`` (summing exactly)."""
+    if not fractions or any(f <= 0 for f in fractions):
+        raise ValueError(f"cycle fractions must be positive, got {list(fractions)}")
+    scale = total_steps / sum(fractions)
+    ends = [round(scale * sum(fractions[:i + 1])) for i in range(len(fractions))]
+    return [max(1, end - start) for start, end in zip([0] + ends[:-1], ends)]
+
+
+def cosine_restarts(optimizer, total_steps: int, fractions, eta_mins, restart_weights=None,
+                    warmup_steps: int = 0):
+    """BasicSR's ``CosineAnnealingRestartCyclicLR`` (the Retinexformer / RetinexMamba recipe) over
+    ``total_steps`` cut into periods by ``fractions`` (:func:`split_steps`): in period i, starting at
+    step s_i with length P_i,
+
+        lr(t) = eta_i + w_i * (base_lr - eta_i) * (1 + cos(pi * (t - s_i) / P_i)) / 2
+
+    with ``eta_mins[i]`` = eta_i and ``restart_weights[i]`` = w_i (default 1). Each period starts at
+    ``w_i * base_lr + (1 - w_i) * eta_i`` and ends at eta_i, so an eta above the base lr makes a rising
+    period (the official files: base 2e-4, etas (3e-4, 1e-6), periods 46k + 104k of 150k steps: up to
+    3e-4, restart at 2e-4, down to 1e-6). Beyond ``total_steps`` the lr stays at the last eta. An
+    optional linear warm-up scales the first ``warmup_steps`` (official: none).
+    Stepped once per optimizer step."""
+    periods = split_steps(total_steps, fractions)
+    weights = list(restart_weights) if restart_weights is not None else [1.0] * len(periods)
+    if not len(eta_mins) == len(weights) == len(periods):
+        raise ValueError(f"one eta_min and one restart weight per cycle: {len(periods)} cycles, "
+                         f"{len(eta_mins)} eta_mins, {len(weights)} restart weights")
+    starts = [sum(periods[:i]) for i in range(len(periods))]
+
+    def lr_at(base_lr: float, step: int) -> float:
+        index = next((i for i in reversed(range(len(periods))) if step >= starts[i]), 0)
+        progress = min(1.0, (step - starts[index]) / periods[index])
+        eta = eta_mins[index]
+        lr = eta + weights[index] * 0.5 * (base_lr - eta) * (1.0 + math.cos(math.pi * progress))
+        return lr * min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else lr
+
+    factors = [lambda step, base=group["lr"]: lr_at(base, step) / base for group in optimizer.param_groups]
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factors)
+
+
 class EMA:
     """Exponential moving average of a model's weights, kept in a separate eval-mode copy.
 
@@ -147,6 +188,14 @@ class EMA:
 class TrainStep:
     """backward -> (unscale) -> clip -> optimizer step -> lr schedule -> EMA, with a non-finite guard.
 
+    Gradient accumulation (``grad_accum`` N > 1): every call is one micro-batch; its loss is scaled by
+    1/N and backwarded, and only every N-th call clips, steps, schedules and updates the EMA.
+    ``stepped`` says whether the last call stepped (:meth:`utils.run.Run.end_step` counts optimizer
+    steps by it). Under DistributedDataParallel (``ddp``, the wrapper the loop calls) the first N-1
+    micro-batches must not all-reduce: DDP decides that in its forward from
+    ``require_backward_grad_sync`` (the flag ``DDP.no_sync()`` toggles), so each call sets the flag
+    for the next micro-batch's forward: on for the last micro-batch of a step, off otherwise.
+
     A step whose loss or gradient norm is NaN/inf is skipped without a host-device sync: the fused
     AdamW kernel takes a ``found_inf`` flag (the mechanism GradScaler uses), and the count of
     consecutive bad losses stays on the device until :meth:`check` reads it at logging time; it
@@ -154,22 +203,44 @@ class TrainStep:
     """
 
     def __init__(self, optimizer, scheduler, scaler, grad_clip: float = 0.0, ema: EMA = None,
-                 max_bad_steps: int = 5):
+                 max_bad_steps: int = 5, grad_accum: int = 1, ddp=None):
+        if grad_accum < 1:
+            raise ValueError(f"--grad-accum must be >= 1, got {grad_accum}")
         self.optimizer, self.scheduler, self.scaler, self.ema = optimizer, scheduler, scaler, ema
         self.grad_clip, self.max_bad_steps = grad_clip, max_bad_steps
+        self.grad_accum, self.ddp = grad_accum, ddp
         self.params = [p for group in optimizer.param_groups for p in group["params"]]
         device = self.params[0].device
         self.bad_streak = torch.zeros((), device=device)
         self.worst_streak = torch.zeros((), device=device)
         self.grad_norm = torch.zeros((), device=device)
+        self.micro_batch, self.stepped = 0, False
+        self.bad_micro_batch = torch.zeros((), device=device)
+        self._arrange_sync()
+
+    def _arrange_sync(self) -> None:
+        """DDP all-reduces in the backward of the step's last micro-batch only."""
+        if self.ddp is not None:
+            self.ddp.require_backward_grad_sync = self.micro_batch == self.grad_accum - 1
 
     def __call__(self, loss: torch.Tensor) -> None:
-        self.scaler.scale(loss).backward()
+        self.scaler.scale(loss / self.grad_accum if self.grad_accum > 1 else loss).backward()
+        loss_bad = (~torch.isfinite(loss.detach())).float()
+        self.micro_batch += 1
+        self.stepped = self.micro_batch == self.grad_accum
+        if not self.stepped:
+            self.bad_micro_batch = torch.maximum(self.bad_micro_batch, loss_bad)
+            self._arrange_sync()
+            return
+        if self.grad_accum > 1:
+            loss_bad = torch.maximum(self.bad_micro_batch, loss_bad)
+            self.bad_micro_batch = torch.zeros_like(loss_bad)
+        self.micro_batch = 0
+        self._arrange_sync()
         if self.scaler.is_enabled():
             self.scaler.unscale_(self.optimizer)
         max_norm = self.grad_clip if self.grad_clip > 0 else float("inf")
         self.grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm, foreach=True)
-        loss_bad = (~torch.isfinite(loss.detach())).float()
         if self.scaler.is_enabled():
             # GradScaler skips steps whose gradients overflowed (normal while the scale settles).
             self.scaler.step(self.optimizer)
@@ -184,10 +255,6 @@ class TrainStep:
             self.ema.update()
         self.bad_streak = (self.bad_streak + loss_bad) * loss_bad
         self.worst_streak = torch.maximum(self.worst_streak, self.bad_streak)
-
-    def accumulate(self, loss: torch.Tensor) -> None:
-        """Backward of a gradient-accumulation micro-batch that is not the step's last (no step)."""
-        self.scaler.scale(loss).backward()
 
     def check(self) -> None:
         """Read the guard (one sync); call at logging intervals."""
@@ -213,20 +280,25 @@ class TrainStep:
 def make_train_step(model: torch.nn.Module, args, device: torch.device, *, lr: float = None,
                     total_steps: int = None, weight_decay: float = None, betas=(0.9, 0.999),
                     warmup: int = None, grad_clip: float = None, ema: bool = True,
-                    min_lr_ratio: float = 0.01) -> TrainStep:
+                    min_lr_ratio: float = 0.01, scheduler=None) -> TrainStep:
     """The shared optimisation recipe from the shared flags: fused AdamW (--lr, --weight-decay),
     linear warm-up (--warmup) then cosine decay over --steps, loss scaling for --amp fp16 only,
     gradient clipping (--grad-clip) and EMA weights (--ema DECAY, 0: off). A script that adds
     :func:`utils.cli.add_schedule_args` may choose Adam (--optimizer) and a multi-step decay
     (--schedule multistep, --milestones as fractions of the steps, --lr-gamma). Keyword arguments
-    override a flag for a second network or a second training phase."""
+    override a flag for a second network or a second training phase; ``scheduler(optimizer)``
+    replaces the flag-chosen schedule (e.g. :func:`cosine_restarts`). --grad-accum micro-batches make
+    one step; pass the DDP-wrapped model (optionally compiled) to skip the all-reduce of the first N-1
+    (``args`` built by hand without ``grad_accum`` mean 1)."""
     optimizer = build_optimizer(model, args.lr if lr is None else lr,
                                 args.weight_decay if weight_decay is None else weight_decay, betas=betas,
                                 kind=getattr(args, "optimizer", "adamw"))
     total_steps = args.steps if total_steps is None else total_steps
     warmup = args.warmup if warmup is None else warmup
     schedule = getattr(args, "schedule", "cosine")
-    if schedule == "multistep":
+    if scheduler is not None:
+        scheduler = scheduler(optimizer)
+    elif schedule == "multistep":
         scheduler = multistep_with_warmup(optimizer, warmup, [round(f * total_steps) for f in args.milestones],
                                           args.lr_gamma)
     elif schedule == "cosine":
@@ -235,7 +307,17 @@ def make_train_step(model: torch.nn.Module, args, device: torch.device, *, lr: f
         raise ValueError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
     return TrainStep(optimizer, scheduler, make_grad_scaler(args.amp, device),
                      args.grad_clip if grad_clip is None else grad_clip,
-                     ema=EMA(model, args.ema) if ema and args.ema > 0 else None)
+                     ema=EMA(model, args.ema) if ema and args.ema > 0 else None,
+                     grad_accum=getattr(args, "grad_accum", 1), ddp=find_ddp(model))
+
+
+def find_ddp(model: torch.nn.Module):
+    """The DistributedDataParallel wrapper among ``model``'s wrappers (torch.compile, DDP), else None."""
+    while model is not None:
+        if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            return model
+        model = getattr(model, "_orig_mod", None)
+    return None
 
 
 class LossTracker:

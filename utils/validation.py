@@ -10,15 +10,30 @@ def _default_inputs(batch):
     return batch["input"]
 
 
+def stretch_for_display(maps: torch.Tensor) -> torch.Tensor:
+    """Each (C, H, W) map of an (N, C, H, W) batch linearly stretched to [0, 1] over its own
+    min..max (a constant map becomes 0), so maps of any range (a light-up factor, a gain) can sit in
+    a sample grid beside images."""
+    flat = maps.flatten(1)
+    low, high = flat.min(dim=1).values, flat.max(dim=1).values
+    scale = torch.where(high > low, high - low, torch.ones_like(high))
+    shape = (-1,) + (1,) * (maps.dim() - 1)
+    return (maps - low.view(shape)) / scale.view(shape)
+
+
 @torch.no_grad()
 def validate(model, loader, device, amp: str = "none", tile: int = 0, overlap: int = 64,
-             num_samples: int = 4, model_inputs=_default_inputs, identity: bool = False):
+             num_samples: int = 4, model_inputs=_default_inputs, identity: bool = False,
+             sample_views=None):
     """Score ``model`` on every batch of ``loader``; returns ``(metrics, samples)``.
 
     ``metrics`` holds the mean ``l1``, ``psnr``, ``ssim`` over images; ``samples`` the first
-    ``num_samples`` (input, output, target) triplets on the CPU for the grid. ``model_inputs(batch)``
+    ``num_samples`` (input, output, target[, views...]) rows on the CPU for the grid. ``model_inputs(batch)``
     builds the network input from a batch (scripts with extra input channels pass their own);
     ``tile > 0`` runs large images in tiles through :func:`utils.tiling.tiled_forward`.
+    ``sample_views(model, inputs)`` returns further (N, C, H, W) maps of the whole network input
+    (e.g. a Retinex model's illumination); for the sampled images they join the grid row after the
+    target, each stretched by :func:`stretch_for_display`.
     ``identity=True`` scores the input itself: the baseline a model must beat.
     Per-image metrics stay on the device until the end (one sync per validation).
     """
@@ -41,7 +56,13 @@ def validate(model, loader, device, amp: str = "none", tile: int = 0, overlap: i
         for name, metric in (("l1", l1), ("psnr", psnr), ("ssim", ssim)):
             per_image[name].append(metric(output, target, reduction="none"))
         if len(samples) < num_samples:
-            samples.append((batch["input"][0].cpu(), output[0].cpu(), target[0].cpu()))
+            row = [batch["input"][0].cpu(), output[0].cpu(), target[0].cpu()]
+            if sample_views is not None:
+                inputs = model_inputs(batch)[:1].to(device)
+                with autocast(device, amp):
+                    views = sample_views(model, inputs)
+                row += [stretch_for_display(view.float())[0].cpu() for view in views]
+            samples.append(tuple(row))
     if model is not None and was_training:
         model.train()
     if not per_image["l1"]:

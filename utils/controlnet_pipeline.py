@@ -1,5 +1,7 @@
 """Stable Diffusion 2.1 + ControlNet as a photo enhancer (diffusers): what train_controlnet*.py,
-enhance.py and evaluate.py share.
+enhance.py and evaluate.py share. A pipeline, not a network: its networks come from diffusers, its
+training samples from :mod:`data.latents`; here are the pretrained folder, the frozen parts, the
+ControlNet's flags, training step and run config, and its inference member (``utils.inference.MODEL_KINDS``).
 
 The frozen parts (VAE, text encoder, UNet, scheduler config) come from a diffusers folder;
 ``--pretrained`` is that folder or a Hugging Face id found in the local cache (nothing is downloaded
@@ -28,13 +30,15 @@ import tempfile
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from utils.checkpoint import build_model, load_pretrained, model_spec, unwrap_model
 from models.padding import pad_to_multiple
+
+from .checkpoint import build_model, load_pretrained, model_spec, unwrap_model
+from .inference import NetworkModel
+from .training import build_optimizer
 
 EXTRAS_HINT = "pip install -r requirements-extras.txt"
 TINY_RANDOM = "tiny-random"
@@ -409,32 +413,11 @@ def diffusion_loss(sd: StableDiffusionParts, controlnet, latents: torch.Tensor, 
     return F.mse_loss(prediction.float(), target.float())
 
 
-class SeededSamples(torch.utils.data.Dataset):
-    """``dataset``'s items plus ``'sample_seed'``: the seed the training sampler gives each draw
-    (``(index, seed)`` keys, see :class:`data.loaders.ResumableSampler`; an int key uses the index),
-    for :meth:`StableDiffusionParts.draw`."""
-
-    def __init__(self, dataset):
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, key) -> dict:
-        return {**self.dataset[key], "sample_seed": _sample_seed(key)}
-
-
-def _sample_seed(key) -> int:
-    # int64 range: the DataLoader collates the seeds into a tensor.
-    return int(key[1] if isinstance(key, tuple) else key) % 2 ** 63
-
-
 def build_controlnet_optimizer(controlnet, lr: float, weight_decay: float, eight_bit: bool):
     """8-bit AdamW (bitsandbytes; optimizer state 2 bytes per parameter instead of 8) when
     ``eight_bit`` and bitsandbytes is installed and the ControlNet is on CUDA, else the library's
     fused AdamW. 8-bit AdamW cannot skip a step on the device, so a NaN step reaches the weights
     (the non-finite guard still stops the run); returns (optimizer, name)."""
-    from utils.training import build_optimizer
     on_cuda = next(controlnet.parameters()).device.type == "cuda"
     if eight_bit and on_cuda:
         try:
@@ -445,46 +428,6 @@ def build_controlnet_optimizer(controlnet, lr: float, weight_decay: float, eight
             params = [p for p in controlnet.parameters() if p.requires_grad]
             return bitsandbytes.optim.AdamW8bit(params, lr=lr, weight_decay=weight_decay), "8-bit AdamW (bitsandbytes)"
     return build_optimizer(controlnet, lr, weight_decay), "AdamW"
-
-
-class LatentCache(torch.utils.data.Dataset):
-    """Training windows whose target latents were computed once: VAE posterior (mean, std) of the
-    edited photo (float16) and the as-shot photo (uint8) of ``windows_per_image`` fixed windows per pair,
-    kept in memory (at 1024 px: 0.25 MB of latents + 3 MB of photo per window).
-
-    Window k of pair i is the ``crop`` window ``PairedDataset`` draws for the seed (seed, i, k) (no flips;
-    reflect-padded if the photo is smaller). Keys are an index or ``(index, seed)`` as the training
-    sampler gives; items are ``{'latent_mean', 'latent_std', 'input', 'name', 'sample_seed'}``. A fresh
-    latent is drawn from the cached posterior at every step (:meth:`StableDiffusionParts.draw`), so
-    training sees exactly what encoding every step would give.
-    """
-
-    def __init__(self, pairs, sd: StableDiffusionParts, crop: int, windows_per_image: int, seed: int,
-                 device, batch_size: int = 4):
-        from data.dataset import PairedDataset
-        if windows_per_image < 1:
-            raise ValueError(f"--windows-per-image must be at least 1, got {windows_per_image}")
-        source = PairedDataset(pairs, crop=crop)
-        keys = [(index, int(np.random.SeedSequence([seed, index, window]).generate_state(1)[0]))
-                for index in range(len(source)) for window in range(windows_per_image)]
-        self.means, self.stds, self.inputs, self.names = [], [], [], []
-        for start in range(0, len(keys), batch_size):
-            items = [source[key] for key in keys[start:start + batch_size]]
-            targets = torch.stack([item["target"] for item in items]).to(device)
-            mean, std = sd.encode_images(targets)
-            self.means += list(mean.half().cpu())
-            self.stds += list(std.half().cpu())
-            self.inputs += [(item["input"] * 255).round().to(torch.uint8) for item in items]
-            self.names += [item["name"] for item in items]
-
-    def __len__(self) -> int:
-        return len(self.names)
-
-    def __getitem__(self, key) -> dict:
-        index = int(key[0] if isinstance(key, tuple) else key)
-        return {"latent_mean": self.means[index].float(), "latent_std": self.stds[index].float(),
-                "input": self.inputs[index].float() / 255, "name": self.names[index],
-                "sample_seed": _sample_seed(key)}
 
 
 # --------------------------------------------------------------------------- rendering
@@ -566,7 +509,6 @@ def controlnet_member(checkpoint: dict, source: str, device, amp: str, tiling, s
     """enhance.py / evaluate.py's loader of a ControlNet run (an entry of ``utils.inference.MODEL_KINDS``):
     its :class:`ControlNetEnhancer` as a ``utils.inference.NetworkModel``, which renders the photo in
     ``tiling``'s tiles. ``sampling`` may hold ``steps`` and ``seed`` (None: the run's own)."""
-    from utils.inference import NetworkModel
     sampling = sampling or {}
     enhancer = load_controlnet_enhancer(checkpoint, device, amp, sampling.get("steps"), sampling.get("seed"))
     return NetworkModel(enhancer, checkpoint["config"], source, device, amp, tiling,
@@ -589,7 +531,6 @@ def add_controlnet_args(parser, pretrained: str, denoise_steps: int = 20) -> Non
                        help="classifier-free guidance when rendering (1: off, one UNet pass per step)")
     group.add_argument("--denoise-steps", type=_positive_int, default=denoise_steps,
                        help="denoising steps of validation renders (and enhance.py's default)")
-    group.add_argument("--grad-accum", type=_positive_int, default=1, help="micro-batches per optimizer step")
 
 
 def _positive_int(text: str) -> int:

@@ -1,0 +1,135 @@
+"""Colour losses and colour spaces: LAB and delta E against scikit-image, histogram (earth mover's
+distance), multi-scale colour, colour consistency, bright-region and colour-direction losses: known values."""
+import numpy as np
+import pytest
+import torch
+from skimage.color import rgb2lab
+
+from losses.bright_color import BrightChromaLoss, BrightHistogramLoss, BrightHueLoss, BrightRGBLoss
+from losses.color_angle import ColorConsistencyLoss
+from losses.colorspace import delta_e76, rgb_to_lab, srgb_to_linear
+from losses.direction import ColorDirectionLoss
+from losses.histogram import HistogramLoss, soft_histogram
+from losses.lab import DeltaELoss, MultiScaleColorLoss
+from tests.conftest import constant
+
+
+EXTREMES = {
+    "black": constant([0.0, 0.0, 0.0]),
+    "white": constant([1.0, 1.0, 1.0]),
+    "red": constant([1.0, 0.0, 0.0]),
+    "blue": constant([0.0, 0.0, 1.0]),
+}
+
+
+# --------------------------------------------------------------------------- colour spaces
+
+def test_rgb_to_lab_matches_skimage():
+    rgb = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    special = [[0, 0, 0], [1, 1, 1], [1, 0, 0], [0, 1, 0], [0, 0, 1], [0.04045, 0.04, 0.05], [0.01, 0.002, 0.0]]
+    for index, colour in enumerate(special):
+        rgb[0, :, 0, index] = torch.tensor(colour)
+    reference = rgb2lab(rgb[0].permute(1, 2, 0).double().numpy())
+    ours = rgb_to_lab(rgb)[0].permute(1, 2, 0).numpy()
+    np.testing.assert_allclose(ours, reference, atol=2e-3)
+
+
+def test_delta_e76_known_values():
+    black, white = rgb_to_lab(EXTREMES["black"]), rgb_to_lab(EXTREMES["white"])
+    assert delta_e76(black, white).mean().item() == pytest.approx(100.0, abs=1e-3)
+    assert delta_e76(white, white).max().item() < 1e-5
+    assert DeltaELoss()(EXTREMES["black"], EXTREMES["white"]).item() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_lab_gradients_finite_outside_the_unit_range():
+    values = torch.tensor([-0.2, 0.0, 0.02, 0.5, 1.0, 1.3])  # a network's unclamped output
+    rgb = values.view(1, 1, 1, 6).expand(1, 3, 1, 6).clone().requires_grad_()
+    rgb_to_lab(rgb).sum().backward()
+    assert torch.isfinite(rgb.grad).all() and rgb.grad.abs().sum() > 0
+    assert srgb_to_linear(torch.tensor([0.04045])).item() == pytest.approx(0.04045 / 12.92)
+
+
+# --------------------------------------------------------------------------- histogram
+
+def test_soft_histogram_interpolates_between_bin_centres():
+    values = torch.tensor([0.125, 0.5]).view(1, 1, 2)  # 4 bins, centres 0.125 0.375 0.625 0.875
+    histogram = soft_histogram(values, bins=4)
+    assert histogram.flatten().tolist() == pytest.approx([0.5, 0.25, 0.25, 0.0])
+    wide = soft_histogram(torch.rand(2, 3, 50), bins=8, sigma=0.3)
+    assert wide.sum(dim=2).flatten().tolist() == pytest.approx([1.0] * 6)
+    weights = torch.tensor([0.0, 1.0]).view(1, 1, 2)
+    assert soft_histogram(values, bins=4, weights=weights).flatten().tolist() == pytest.approx([0, 0.5, 0.5, 0])
+    with pytest.raises(ValueError, match="sigma"):
+        soft_histogram(values, bins=4, sigma=0.0)
+
+
+def test_histogram_loss_is_earth_movers_distance():
+    loss = HistogramLoss(bins=4)
+    assert loss(torch.full((2, 3, 4, 4), 0.125), torch.full((2, 3, 4, 4), 0.625)).item() == pytest.approx(0.5)
+    pred = torch.rand(1, 3, 8, 8)
+    assert loss(pred, pred).item() == 0.0
+    # the distance between distributions ignores where pixels are
+    assert loss(pred.flip(-1), pred).item() == pytest.approx(0.0, abs=1e-6)
+    masked_out = torch.zeros(1, 1, 8, 8)
+    assert loss(pred, 1 - pred, weights=masked_out).item() == 0.0
+
+
+def test_histogram_gradient_reaches_values():
+    pred = torch.full((1, 3, 4, 4), 0.3, requires_grad=True)
+    HistogramLoss(bins=8)(pred, torch.full((1, 3, 4, 4), 0.7)).backward()
+    assert (pred.grad < 0).all()  # moving values up towards the target's lowers the loss
+
+
+# --------------------------------------------------------------------------- colour
+
+def test_multiscale_color_known_values():
+    grey, dark_grey = constant([0.5, 0.5, 0.5]), constant([0.2, 0.2, 0.2])
+    loss = MultiScaleColorLoss()
+    assert loss(grey, dark_grey).item() == pytest.approx(0.0, abs=1e-5)  # lightness is not its business
+    red_ab = rgb_to_lab(EXTREMES["red"])[0, 1:, 0, 0]
+    assert loss(EXTREMES["red"], grey).item() == pytest.approx(red_ab.abs().mean().item() / 100, rel=1e-4)
+    with pytest.raises(ValueError, match="scales"):
+        MultiScaleColorLoss(scales=(0,))
+
+
+def test_color_consistency_known_values():
+    target = torch.rand(1, 3, 8, 8) * 0.4 + 0.1
+    loss = ColorConsistencyLoss()
+    assert loss(2 * target, target).item() == pytest.approx(0.0, abs=1e-4)
+    green = constant([0.0, 1.0, 0.0])
+    assert loss(EXTREMES["red"], green).item() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_bright_losses_only_see_bright_regions():
+    inp = torch.full((1, 3, 8, 8), 0.2)
+    inp[..., :4] = 1.0
+    sky, wall = constant([0.3, 0.5, 0.9]), constant([0.6, 0.5, 0.4])
+    target = torch.where(inp > 0.5, sky, wall)
+    wrong_wall = torch.where(inp > 0.5, sky, constant([0.4, 0.5, 0.6]))
+    for loss in (BrightHueLoss(), BrightChromaLoss(), BrightRGBLoss(), BrightHistogramLoss(bins=16)):
+        assert loss(wrong_wall, target, inp).item() < 1e-3, type(loss).__name__
+    opposite_sky = torch.where(inp > 0.5, constant([0.9, 0.7, 0.3]), wall)  # 0.6 - sky: the opposite hue
+    assert BrightHueLoss()(opposite_sky, target, inp).item() == pytest.approx(2.0, abs=1e-2)
+    grey_sky = torch.where(inp > 0.5, constant([0.5, 0.5, 0.5]), wall)
+    sky_chroma = torch.tensor([0.3 - 0.5 * 1.4, 0.8660254 * (0.5 - 0.9)]).norm().item()
+    assert BrightChromaLoss()(grey_sky, target, inp).item() == pytest.approx(sky_chroma, rel=1e-2)
+    assert BrightRGBLoss()(target + 0.1, target, inp).item() == pytest.approx(0.1, rel=1e-2)
+    assert BrightHistogramLoss(bins=16)(grey_sky, target, inp).item() > 0.1
+
+
+# --------------------------------------------------------------------------- colour direction
+
+def test_color_direction_known_values():
+    inp = torch.full((1, 3, 4, 4), 0.4)
+    target = inp + torch.tensor([0.2, 0.1, -0.1]).view(1, 3, 1, 1)
+    loss = ColorDirectionLoss()
+    assert loss(target, target, inp).item() == pytest.approx(0.0, abs=1e-3)
+    assert loss(inp + 0.5 * (target - inp), target, inp).item() == pytest.approx(0.0, abs=1e-3)  # too little, right way
+    assert loss(inp, target, inp).item() == pytest.approx(1.0, abs=1e-6)  # no change
+    assert loss(inp - (target - inp), target, inp).item() == pytest.approx(2.0, abs=1e-3)  # wrong way
+    assert loss(target, inp, inp).item() == pytest.approx(0.0, abs=1e-6)  # the edit changes nothing
+    # a blue cast where the editor only brightened: 1 - cos of the angle between the changes
+    brightened = inp + 0.2
+    cast = inp + torch.tensor([0.1, 0.1, 0.3]).view(1, 3, 1, 1)
+    expected = 1.0 - 0.5 / (np.sqrt(0.11) * np.sqrt(3.0))
+    assert loss(cast, brightened, inp).item() == pytest.approx(expected, abs=1e-3)

@@ -1,0 +1,106 @@
+"""VGG19 perceptual and Gram style losses (weights from a file, a clear error without them, frozen in
+training) and the adversarial losses (known values, gradients into the right network)."""
+import pytest
+import torch
+from torch import nn
+from torchvision.models.vgg import cfgs, make_layers
+
+from losses.adversarial import AdversarialLoss
+from losses.perceptual import (VGG19_LAYER_NAMES, GramStyleLoss, VGG19Features, VGGPerceptualLoss,
+                               add_vgg_args, build_vgg19_features, gram_matrix)
+
+
+# --------------------------------------------------------------------------- VGG
+
+def test_vgg_weights_load_from_a_file(tmp_path):
+    features = make_layers(cfgs["E"])
+    state_dict = {f"features.{key}": value for key, value in features.state_dict().items()}
+    state_dict["classifier.6.bias"] = torch.zeros(3)  # torchvision's file also holds the classifier
+    path = tmp_path / "vgg19.pth"
+    torch.save(state_dict, path)
+    loaded = build_vgg19_features(str(path))
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), features.state_dict().values()))
+    assert not any(p.requires_grad for p in loaded.parameters())
+    perceptual = VGGPerceptualLoss(layers=("relu1_2", "relu2_2"), vgg_weights=path)
+    assert len(perceptual.features.body) == VGG19_LAYER_NAMES.index("relu2_2") + 1
+    bad = tmp_path / "bad.pth"
+    torch.save({"weight": torch.zeros(1)}, bad)
+    with pytest.raises(ValueError, match="not a torchvision VGG19 state_dict"):
+        build_vgg19_features(bad)
+
+
+def test_vgg_missing_weights_is_one_clear_line(tmp_path, monkeypatch):
+    missing = tmp_path / "nowhere.pth"
+    with pytest.raises(FileNotFoundError) as error:
+        VGGPerceptualLoss(vgg_weights=str(missing))
+    message = str(error.value)
+    assert "\n" not in message and str(missing) in message
+    assert "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth" in message and "--vgg-weights" in message
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "hub" / "checkpoints" / "vgg19-dcbb9e9d.pth")):
+        GramStyleLoss()
+    with pytest.raises(ValueError, match="unknown VGG19 layers"):
+        VGG19Features(layers=("relu9_9",), vgg_weights="random")
+
+
+def test_vgg_flag():
+    import argparse
+    parser = argparse.ArgumentParser()
+    add_vgg_args(parser)
+    assert parser.parse_args([]).vgg_weights is None
+    assert parser.parse_args(["--vgg-weights", "random"]).vgg_weights == "random"
+
+
+def test_vgg_losses_known_values(random_vgg):
+    perceptual, style = random_vgg
+    image = torch.rand(2, 3, 32, 32)
+    assert perceptual(image, image).item() == 0.0 and style(image, image).item() == 0.0
+    assert perceptual(image.flip(-1), image).item() > 0
+    # Gram matrices ignore where features are: a mirrored image has (almost) the same style, a flat one not
+    assert style(image.flip(-1), image).item() < 0.1 * style(torch.full_like(image, 0.5), image).item()
+    assert gram_matrix(torch.ones(1, 2, 2, 2)).flatten().tolist() == pytest.approx([0.5] * 4)
+
+
+def test_vgg_stays_frozen_in_train_mode(random_vgg):
+    perceptual, _ = random_vgg
+    perceptual.train()
+    assert not perceptual.features.training
+    pred = torch.rand(1, 3, 32, 32, requires_grad=True)
+    perceptual(pred, torch.rand(1, 3, 32, 32)).backward()
+    assert pred.grad.abs().sum() > 0
+    assert all(p.grad is None for p in perceptual.parameters())
+
+
+# --------------------------------------------------------------------------- adversarial
+
+class ConstantCritic(nn.Module):
+    """A 'discriminator' whose logits are k times the mean of its input's image half."""
+
+    def __init__(self, k: float):
+        super().__init__()
+        self.k = nn.Parameter(torch.tensor(k))
+
+    def forward(self, x):
+        return self.k * x[:, 3:].mean(dim=1, keepdim=True)
+
+
+def test_adversarial_losses_known_values():
+    inp, image = torch.rand(1, 3, 4, 4), torch.ones(1, 3, 4, 4)
+    hinge = AdversarialLoss(ConstantCritic(0.5), "hinge")
+    assert hinge(image, image, inp).item() == pytest.approx(-0.5)
+    assert hinge.discriminator_loss(image, image, inp).item() == pytest.approx(0.5 + 1.5)
+    lsgan = AdversarialLoss(ConstantCritic(0.5), "lsgan")
+    assert lsgan(image, image, inp).item() == pytest.approx(0.25)
+    assert lsgan.discriminator_loss(image, image, inp).item() == pytest.approx(0.5 * (0.25 + 0.25))
+    with pytest.raises(ValueError, match="hinge"):
+        AdversarialLoss(ConstantCritic(1.0), "wgan")
+
+
+def test_adversarial_gradients_go_to_the_right_network():
+    loss = AdversarialLoss(ConstantCritic(0.5), "hinge")
+    pred = torch.rand(1, 3, 4, 4, requires_grad=True)
+    loss(pred, pred, torch.rand(1, 3, 4, 4)).backward()
+    assert pred.grad is not None and loss.discriminator.k.grad is None and loss.discriminator.k.requires_grad
+    pred.grad = None
+    loss.discriminator_loss(pred, torch.rand(1, 3, 4, 4), torch.rand(1, 3, 4, 4)).backward()
+    assert pred.grad is None and loss.discriminator.k.grad is not None

@@ -1,0 +1,96 @@
+"""Tone-zone losses: luminance attention maps, fixed HDR zones and adaptive (percentile) zones: partitions,
+thresholds and known values."""
+import numpy as np
+import pytest
+import torch
+
+from losses.luminance_attention import LuminanceAttentionLoss, luminance_attention_maps
+from losses.zone_aware import ZoneAwareLoss, hdr_zone_masks
+from losses.zones import AdaptiveZoneLoss, percentile_thresholds
+
+
+# --------------------------------------------------------------------------- zones
+
+def test_luminance_attention_maps_are_a_smooth_partition():
+    luma = torch.linspace(0, 1, 11).view(1, 1, 1, 11).expand(1, 3, 1, 11)
+    maps = luminance_attention_maps(luma)
+    assert maps.sum(dim=1).flatten().tolist() == pytest.approx([1.0] * 11)
+    assert maps[0, :, 0, 0].argmax() == 0 and maps[0, :, 0, 5].argmax() == 1 and maps[0, :, 0, 10].argmax() == 2
+    # no threshold: memberships change by small steps between neighbouring luma values
+    assert (maps[..., 1:] - maps[..., :-1]).abs().max() < 0.35
+
+
+def test_luminance_attention_loss_known_values():
+    inp = torch.zeros(1, 3, 8, 8)
+    inp[..., :4] = 1.0  # left half blown out
+    target = torch.rand(1, 3, 8, 8)
+    loss = LuminanceAttentionLoss(shadow_weight=1.5, midtone_weight=1.0, highlight_weight=2.0)
+    assert loss(target + 0.1, target, inp).item() == pytest.approx(0.1 * 4.5, rel=1e-4)
+    error_in_window, error_in_shadow = target.clone(), target.clone()
+    error_in_window[..., :4] += 0.1
+    error_in_shadow[..., 4:] += 0.1
+    assert loss(error_in_window, target, inp) > loss(error_in_shadow, target, inp)
+
+
+def test_zone_aware_masks_and_known_value():
+    inp = torch.cat([torch.full((1, 3, 4, 4), 0.05), torch.full((1, 3, 4, 4), 0.5), torch.ones(1, 3, 4, 4)], dim=3)
+    masks = hdr_zone_masks(inp)
+    assert masks.sum(dim=1).flatten().tolist() == pytest.approx([1.0] * 48)
+    assert masks[0, 1, :, :4].min() > 0.99 and masks[0, 2, :, 4:8].min() > 0.99 and masks[0, 0, :, 8:].min() > 0.97
+    target = torch.rand(1, 3, 4, 12) * 0.8
+    loss = ZoneAwareLoss(window_weight=2.0, shadow_weight=1.5, midtone_weight=1.0, brightness_weight=1.0)
+    # a uniform shift e: each zone's L1 is e and each zone's mean luma moves by e
+    assert loss(target + 0.1, target, inp).item() == pytest.approx(4.5 * (0.1 + 0.1), rel=1e-4)
+    # noise with no net brightness change costs only its L1
+    noise = torch.ones(1, 3, 4, 12) * 0.1
+    noise[..., ::2, :] *= -1
+    assert loss(target + noise, target, inp).item() == pytest.approx(4.5 * 0.1, rel=1e-3)
+    with pytest.raises(ValueError, match="shadow_threshold"):
+        ZoneAwareLoss(shadow_threshold=0.9)
+
+
+# --------------------------------------------------------------------------- adaptive zones
+
+def test_percentile_thresholds_match_numpy():
+    luma = torch.rand(2, 1, 20, 30, generator=torch.Generator().manual_seed(0))
+    thresholds = percentile_thresholds(luma, torch.tensor([0.25, 0.9]))
+    for image in range(2):
+        expected = np.percentile(luma[image].numpy(), [25, 90])
+        assert thresholds[image].tolist() == pytest.approx(expected.tolist(), abs=1e-6)
+
+
+def test_percentile_thresholds_of_a_large_image_use_a_close_subsample():
+    luma = torch.rand(1, 1, 600, 600, generator=torch.Generator().manual_seed(1))
+    thresholds = percentile_thresholds(luma, torch.tensor([0.25, 0.9]))
+    assert thresholds[0].tolist() == pytest.approx([0.25, 0.9], abs=0.01)
+
+
+def test_zone_thresholds_adapt_to_exposure():
+    # A luma ramp shot dark and bright: fixed thresholds would call the dark shot all shadow; the
+    # percentile zones cover the same share of each.
+    ramp = torch.linspace(0, 1, 64).view(1, 1, 1, 64).expand(1, 3, 64, 64)
+    loss = AdaptiveZoneLoss(shadow_percentile=25, highlight_percentile=90, softness=0.002)
+    for exposure in (0.3, 1.0):
+        zones = loss.zones(ramp * exposure)
+        fractions = zones.mean(dim=(0, 2, 3))
+        assert fractions.tolist() == pytest.approx([0.25, 0.65, 0.10], abs=0.03)
+        assert torch.allclose(zones.sum(dim=1), torch.ones(1, 64, 64), atol=1e-6)
+    dark, bright = (percentile_thresholds(ramp[:, :1] * e, loss.quantiles) for e in (0.3, 1.0))
+    assert dark[0].tolist() == pytest.approx((0.3 * bright[0]).tolist(), rel=1e-4)
+
+
+def test_zone_loss_known_values():
+    ramp = torch.linspace(0, 1, 64).view(1, 1, 1, 64).expand(1, 3, 64, 64)
+    loss = AdaptiveZoneLoss(shadow_weight=1.5, midtone_weight=1.0, highlight_weight=2.0)
+    target = torch.full_like(ramp, 0.5)
+    # a uniform error e is e in every zone: L = e (1.5 + 1 + 2)
+    assert loss(target + 0.1, target, ramp).item() == pytest.approx(0.45, rel=1e-4)
+    highlights_only = target.clone()
+    highlights_only[..., 60:] += 0.1  # the brightest 4 of 64 columns, inside the top 10 %
+    value = loss(highlights_only, target, ramp).item()
+    assert 0.1 < value < 0.2  # mostly the highlight term: 2 x (error share of the highlight zone)
+
+
+def test_zone_loss_validates_percentiles():
+    with pytest.raises(ValueError, match="shadow_percentile < highlight_percentile"):
+        AdaptiveZoneLoss(shadow_percentile=90, highlight_percentile=25)
