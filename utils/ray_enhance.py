@@ -55,7 +55,7 @@ def remote_plan(source: str, out: str, suffix: str, extensions) -> list:
     """(photo, destination) URIs below a folder URI, as :func:`enhance.plan_outputs` names them."""
     import pyarrow.fs
     fs, root = filesystem(source)
-    out_fs, out_root = filesystem(out)
+    _, out_root = filesystem(out)
     scheme = str(source).split("://")[0] + "://"
     out_scheme = str(out).split("://")[0] + "://"
     plan = []
