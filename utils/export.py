@@ -112,6 +112,8 @@ def _substituted_for_export(model: torch.nn.Module):
 ONNX_BLOCKING_MODULES = {
     "models.ss2d.SS2D": "its selective scan (models/scan.py) loops over the H*W sequence in Python, which a "
                         "traced graph fixes to one photo size",
+    "models.nafnet.LocalAvgPool2d": "its pooling window is computed from the input size in Python (test-time local "
+                                    "statistics), which a traced graph fixes to one photo size (export NAFNet instead)",
 }
 
 
@@ -252,7 +254,11 @@ def check_onnx(path, model: torch.nn.Module, channels: int, multiple: int, seed:
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     with torch.no_grad():
         expected = model(photo).numpy()
-    actual = session.run(None, {"input": photo.numpy()})[0]
+    try:
+        actual = session.run(None, {"input": photo.numpy()})[0]
+    except Exception as error:  # onnxruntime's own types: a shape baked into the graph at trace time
+        raise ValueError(f"ONNX check failed: the graph does not run on a 1x{channels}x{height}x{width} input "
+                         f"(a size fixed at trace time?): {str(error).strip().splitlines()[0][:200]}") from error
     if actual.shape != expected.shape:
         raise ValueError(f"ONNX check failed: output shape {actual.shape} vs PyTorch {expected.shape}")
     difference = float(np.abs(actual - expected).max())
