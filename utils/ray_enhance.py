@@ -175,4 +175,4 @@ def enhance_with_ray(args, plan: list) -> tuple:
 
 def ray_summary(count: int, seconds: float, failures: list) -> str:
     return (f"ray: {count - len(failures)} of {count} photo(s) in {seconds:.1f} s, "
-            f"{(count - len(failures)) / max(seconds, 1e-9):.2f} photos/s, {len(failures)} failed")
+            f"{(count - len(failures)) / max(seconds, 1e-9):.3g} photos/s, {len(failures)} failed")
