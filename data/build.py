@@ -3,8 +3,11 @@ from .dataset import PairedDataset
 from .pairs import check_pairs, resolve_datasets_pairs
 
 
-def build_datasets(args, target_aliases=None):
+def build_datasets(args, target_aliases=None, aligned=None):
     """Discover, check and wrap the pairs named by the shared flags; returns (train_set, val_set).
+
+    ``aligned(pairs, split) -> {key: [path per pair]}`` (split 'train' or 'val') adds images aligned
+    with each split's pairs (a frozen backbone's outputs, see :class:`data.dataset.PairedDataset`).
 
     Every pair's headers are checked before training starts, so a broken file is reported now
     rather than hours into a run.
@@ -14,6 +17,8 @@ def build_datasets(args, target_aliases=None):
                                                     target_aliases=target_aliases)
     check_pairs(train_pairs + val_pairs)
     print(f"data: {len(train_pairs)} training pairs, {len(val_pairs)} validation pairs from {args.data}")
-    train_set = PairedDataset(train_pairs, crop=args.crop, augment=True, cache=args.cache)
-    val_set = PairedDataset(val_pairs, center_crop=args.val_crop or None, cache=args.cache)
+    train_set = PairedDataset(train_pairs, crop=args.crop, augment=True, cache=args.cache,
+                              aligned=aligned(train_pairs, "train") if aligned else None)
+    val_set = PairedDataset(val_pairs, center_crop=args.val_crop or None, cache=args.cache,
+                            aligned=aligned(val_pairs, "val") if aligned else None)
     return train_set, val_set
