@@ -4,6 +4,8 @@ CATALOG.md "Restormer 512 Baseline": L1 (1.0) + window-aware L1 (0.5) + HSV satu
 best L1 0.0515, 23.57 dB PSNR, 0.9273 SSIM. The saturation term is weighted by the prediction's
 value by default (losses/color.py: bounded gradient near black, where the catalog's plain |dS| costs
 the shadows; README "The saturation term"); --saturation-form catalog is the catalog's formula.
+The window term is the catalog's mean over the windows; --window-normalization image makes it
+L1 x (1 + w m) over the photo instead (interior weight kept at 1).
 Copy this file to start a new experiment.
 
 Usage:
