@@ -18,7 +18,7 @@ CPU smoke test (seconds):
         --window-size 8 --squeeze-factor 4 --val-every 2 --out /tmp/smoke
 """
 from data.build import build_datasets
-from data.loaders import train_batches, val_loader
+from data.loaders import val_loader
 from losses import CharbonnierLoss, CombinedLoss, HSVLoss
 from losses.color import SATURATION_FORMS
 from losses.histogram import HISTOGRAM_BINS, HistogramLoss
@@ -96,8 +96,7 @@ def main(argv=None):
 
     # --- resume -------------------------------------------------------------------------------
     run = Run(args, state, device)
-    batches = train_batches(train_set, args.batch_size, args.seed, start_step=run.step,
-                            workers=args.workers, pin_memory=device.type == "cuda")
+    batches = run.train_batches(train_set)
 
     # --- loop ---------------------------------------------------------------------------------
     with run.training(val_loader(val_set, workers=min(args.workers, 2))):

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 
+import utils.run
 from utils.inference import load_enhancer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -102,7 +103,7 @@ def test_loss_decreases_on_a_fixed_batch(script, tiny_pairs, tmp_path, monkeypat
         while True:
             yield fixed["batch"]
 
-    monkeypatch.setattr(module, "train_batches", fixed_batches)
+    monkeypatch.setattr(utils.run, "train_batches", fixed_batches)  # what Run.train_batches calls
     out = tmp_path / "run"
     argv = materialise(smoke_command(script), tiny_pairs, out)
     overrides = {"--steps": "12", "--log-every": "1", "--val-every": "100", "--save-every": "100",
