@@ -4,6 +4,8 @@ CATALOG.md "Restormer 512 Baseline": L1 (1.0) + window-aware L1 (0.5) + HSV satu
 best L1 0.0515, 23.57 dB PSNR, 0.9273 SSIM. The saturation term is weighted by the prediction's
 value by default (losses/color.py: bounded gradient near black, where the catalog's plain |dS| costs
 the shadows; README "The saturation term"); --saturation-form catalog is the catalog's formula.
+The window term is the catalog's mean over the windows; --window-normalization image makes it
+L1 x (1 + w m) over the photo instead (interior weight kept at 1).
 Copy this file to start a new experiment.
 
 Usage:
@@ -18,7 +20,7 @@ from data.build import build_datasets
 from data.loaders import val_loader
 from losses import CombinedLoss, L1Loss, SaturationLoss, WindowAwareLoss
 from losses.color import SATURATION_FORMS
-from losses.window import WINDOW_SOFTNESS, WINDOW_THRESHOLD
+from losses.window import WINDOW_NORMALIZATIONS, WINDOW_SOFTNESS, WINDOW_THRESHOLD
 from models.restormer import Restormer
 from utils.checkpoint import model_spec
 from utils.cli import add_restormer_args, base_parser, parse_args, restormer_kwargs, run_cli
@@ -44,6 +46,9 @@ def main(argv=None):
     parser.add_argument("--window-threshold", type=float, default=WINDOW_THRESHOLD,
                         help="input luma above which a pixel counts as over-exposed (soft)")
     parser.add_argument("--window-softness", type=float, default=WINDOW_SOFTNESS)
+    parser.add_argument("--window-normalization", choices=WINDOW_NORMALIZATIONS, default="region",
+                        help="region: mean error over the windows (the catalog's); image: mean over the photo, "
+                             "so L1 + w x window = mean((1 + w m)|error|)")
     args = parse_args(parser, argv, DEMO_BUDGET, script="train_restormer_512_combined_loss")
 
     # --- setup --------------------------------------------------------------------------------
@@ -60,7 +65,8 @@ def main(argv=None):
     # --- loss ---------------------------------------------------------------------------------
     criterion = CombinedLoss({
         "l1": (args.l1_weight, L1Loss()),
-        "window": (args.window_weight, WindowAwareLoss(args.window_threshold, args.window_softness)),
+        "window": (args.window_weight, WindowAwareLoss(args.window_threshold, args.window_softness,
+                                                     args.window_normalization)),
         "saturation": (args.saturation_weight, SaturationLoss(args.saturation_form)),
     })
 

@@ -6,6 +6,7 @@ import torch
 from losses import CharbonnierLoss, CombinedLoss, HSVLoss, L1Loss, SaturationLoss, WindowAwareLoss, overexposure_mask
 from losses.color import SATURATION_FORMS
 from losses.colorspace import chroma_plane, luminance, rgb_to_hsv
+from losses.window import WINDOW_NORMALIZATIONS
 
 EXTREMES = {
     "black": torch.zeros(1, 3, 8, 8),
@@ -13,7 +14,7 @@ EXTREMES = {
     "red": torch.tensor([1.0, 0.0, 0.0]).view(1, 3, 1, 1).expand(1, 3, 8, 8).clone(),
     "blue": torch.tensor([0.0, 0.0, 1.0]).view(1, 3, 1, 1).expand(1, 3, 8, 8).clone(),
 }
-ALL_LOSSES = [L1Loss(), CharbonnierLoss(), WindowAwareLoss(), SaturationLoss(), SaturationLoss("catalog"), HSVLoss(),
+ALL_LOSSES = [L1Loss(), CharbonnierLoss(), WindowAwareLoss(), WindowAwareLoss(normalization="image"), SaturationLoss(), SaturationLoss("catalog"), HSVLoss(),
               HSVLoss(saturation_form="catalog")]
 
 
@@ -108,6 +109,48 @@ def test_window_loss_weighs_overexposed_pixels_more():
     assert mask[..., :4].min() > 0.95 and mask[..., 4:].max() < 0.01
     # nothing over-exposed: the term is (close to) zero, and finite
     assert loss(error_in_room, target, torch.full_like(inp, 0.3)).item() < 1e-4
+
+
+def test_image_normalised_window_loss_known_values():
+    inp = torch.full((1, 3, 8, 8), 0.3)
+    inp[..., :2] = 1.0  # a quarter of the photo blown out
+    target, error_in_window, error_in_room = torch.zeros_like(inp), torch.zeros_like(inp), torch.zeros_like(inp)
+    error_in_window[..., :2] = 0.2
+    error_in_room[..., 2:] = 0.2
+    image = WindowAwareLoss(normalization="image")
+    # mean over the whole photo: 0.2 x the mask (0.98 at luma 1) on a quarter of it, where the region
+    # form gives the full 0.2
+    window_mask = overexposure_mask(inp)[..., :2].mean().item()
+    assert window_mask == pytest.approx(0.977, abs=1e-3)
+    assert image(error_in_window, target, inp).item() == pytest.approx(0.2 * window_mask / 4, rel=1e-4)
+    assert WindowAwareLoss()(error_in_window, target, inp).item() == pytest.approx(0.2, rel=0.02)
+    assert image(error_in_room, target, inp).item() < 1e-3
+    # next to L1 at weight w it is L1 weighted by (1 + w m): interior pixels keep weight 1
+    combined = CombinedLoss({"l1": (1.0, L1Loss()), "window": (2.0, image)})
+    uniform_error = torch.full_like(inp, 0.2)
+    expected = (0.2 * (1 + 2.0 * overexposure_mask(inp))).mean().item()
+    assert combined(uniform_error, target, inp)["loss"].item() == pytest.approx(expected)
+    assert expected == pytest.approx(0.2 * (1 + 2.0 * window_mask / 4), rel=1e-4)
+
+
+def test_unknown_window_normalization_is_rejected():
+    with pytest.raises(ValueError, match="region, image"):
+        WindowAwareLoss(normalization="mask")
+
+
+@pytest.mark.parametrize("amp", [None, torch.bfloat16])
+@pytest.mark.parametrize("normalization", WINDOW_NORMALIZATIONS)
+def test_window_loss_gradient_is_bounded_at_black(normalization, amp):
+    target = torch.rand(1, 3, 4, 64, generator=torch.Generator().manual_seed(1))
+    inp = torch.ones(1, 3, 4, 64)  # all window: the mask is ~1 everywhere
+    pred = near_black_noise().requires_grad_(True)
+    with torch.autocast("cpu", dtype=amp, enabled=amp is not None):
+        value = WindowAwareLoss(normalization=normalization)(pred.to(amp) if amp else pred, target, inp)
+    value.backward()
+    assert value.dtype == torch.float32 and torch.isfinite(value) and torch.isfinite(pred.grad).all()
+    # an m-weighted L1: no element's gradient above a per-element mean's, 1 / (N C H W) (up to bf16's
+    # rounding of the gradient, 2^-8)
+    assert (pred.grad.abs() * pred.numel()).max() <= 1.0 + 1e-3 + (4e-3 if amp else 0.0)
 
 
 @pytest.mark.parametrize("name", list(EXTREMES))
