@@ -3,7 +3,7 @@
 import numpy as np
 import torch
 
-from data.io import read_image
+from data.io import pixels_to_float, read_pixels
 
 
 def _crop_size(value, option):
@@ -46,35 +46,37 @@ class PairedDataset(torch.utils.data.Dataset):
         reflect-padded (both identically) up to its size.
     augment: one of the 8 flips / 90-degree rotations, chosen at random, applied to both images.
     center_crop: int or (h, w): deterministic centred window for validation, clamped to the image.
-    cache: keep decoded images in memory. Each DataLoader worker process holds its own cache, so
-        memory grows with workers x dataset size (a 7 MP pair takes ~170 MB as float32).
+    cache: a `data.pixel_cache.PixelCache`, or None to decode both photos for every sample. With it
+        each photo is decoded once, a crop reads only its rows from the memory-mapped pixels, and
+        only the crop is converted to float.
     """
 
-    def __init__(self, pairs, crop=None, augment=False, center_crop=None, cache=False):
+    def __init__(self, pairs, crop=None, augment=False, center_crop=None, cache=None):
         self.pairs = list(pairs)
         self.crop = _crop_size(crop, "crop")
         self.center_crop = _crop_size(center_crop, "center_crop")
         if self.crop is not None and self.center_crop is not None:
             raise ValueError("give either crop (training) or center_crop (validation), not both")
         self.augment = augment
-        self.cache = {} if cache else None
+        self.cache = cache
 
     def __len__(self):
         return len(self.pairs)
 
     def _load(self, index):
-        """Decoded (input, target) arrays of pair `index`, from the cache when enabled."""
-        if self.cache is not None and index in self.cache:
-            return self.cache[index]
+        """(input, target) pixels of pair `index`: uint8/uint16 arrays (memory-mapped when cached).
+
+        Subclasses may return float32 arrays instead (a pipeline over whole photos); the crop is
+        converted to float either way.
+        """
         pair = self.pairs[index]
-        input_image, target_image = read_image(pair.input), read_image(pair.target)
+        read = read_pixels if self.cache is None else self.cache.read
+        input_image, target_image = read(pair.input), read(pair.target)
         if input_image.shape != target_image.shape:
             raise ValueError(
                 f"pair '{pair.name}': input '{pair.input}' is {input_image.shape[0]}x{input_image.shape[1]} "
                 f"but target '{pair.target}' is {target_image.shape[0]}x{target_image.shape[1]} (height x width)"
             )
-        if self.cache is not None:
-            self.cache[index] = (input_image, target_image)
         return input_image, target_image
 
     def __getitem__(self, key):
@@ -107,4 +109,5 @@ class PairedDataset(torch.utils.data.Dataset):
             input_image = np.rot90(input_image, variant % 4)
             target_image = np.rot90(target_image, variant % 4)
 
-        return {"input": _to_tensor(input_image), "target": _to_tensor(target_image), "name": self.pairs[index].name}
+        return {"input": _to_tensor(pixels_to_float(input_image)), "target": _to_tensor(pixels_to_float(target_image)),
+                "name": self.pairs[index].name}
