@@ -22,7 +22,7 @@ import torch
 
 from data.build import build_datasets
 from data.latents import SeededSamples
-from data.loaders import train_batches, val_loader
+from data.loaders import val_loader
 from utils.cli import base_parser, parse_args, run_cli
 from utils.controlnet_pipeline import (SD21_BASE, add_controlnet_args, build_enhancer, controlnet_run_config,
                                        diffusion_loss, setup_controlnet_training)
@@ -63,28 +63,21 @@ def main(argv=None):
     # validation renders photos with the pipeline around the trained (EMA) ControlNet
     enhancer = build_enhancer(sd, state.eval_model, prompts, args.denoise_steps, args.guidance_scale, args.seed)
     run = Run(args, state, device, eval_model=enhancer)
-    batches = train_batches(SeededSamples(train_set), args.batch_size, args.seed, start_step=run.step * args.grad_accum,
-                            workers=args.workers, pin_memory=device.type == "cuda")
+    batches = run.train_batches(SeededSamples(train_set), progressive=False)
 
-    # --- loop: the denoising loss of the edited photo's latents, --grad-accum micro-batches per step
+    # --- loop: the denoising loss of the edited photo's latents (one micro-batch per iteration) -----
     with run.training(val_loader(val_set, workers=min(args.workers, 2))):
         while run.step < args.steps:
-            total = 0.0
-            for micro_step in range(args.grad_accum):
-                batch = next(batches)
-                photo = batch["input"].to(device, non_blocking=True)
-                edited = batch["target"].to(device, non_blocking=True)
-                latents, noise, timesteps = sd.draw(*sd.encode_images(edited), batch["sample_seed"])
-                text = prompts(batch["name"])
-                with autocast(device, args.amp):
-                    loss = diffusion_loss(sd, train_controlnet, latents, photo, text, noise, timesteps)
-                loss = loss / args.grad_accum
-                total = total + loss.detach()
-                if micro_step < args.grad_accum - 1:
-                    train_step.accumulate(loss)
-            train_step(loss)
+            batch = next(batches)
+            photo = batch["input"].to(device, non_blocking=True)
+            edited = batch["target"].to(device, non_blocking=True)
+            latents, noise, timesteps = sd.draw(*sd.encode_images(edited), batch["sample_seed"])
+            text = prompts(batch["name"])
+            with autocast(device, args.amp):
+                loss = diffusion_loss(sd, train_controlnet, latents, photo, text, noise, timesteps)
+            train_step(loss)  # steps on every --grad-accum-th micro-batch
             # --- validation (pipeline renders) / checkpoint of the ControlNet ----------------------
-            run.end_step({"loss": total})
+            run.end_step({"loss": loss.detach()})
     return run
 
 

@@ -30,7 +30,7 @@ import torch
 
 from data.build import build_datasets
 from data.latents import LatentCache
-from data.loaders import train_batches, val_loader
+from data.loaders import val_loader
 from utils.cli import base_parser, parse_args, run_cli
 from utils.controlnet_pipeline import (SD21, add_controlnet_args, build_controlnet_optimizer, build_enhancer,
                                        controlnet_run_config, diffusion_loss, setup_controlnet_training)
@@ -74,35 +74,29 @@ def main(argv=None):
           f"({optimizer_name}); {sd.describe()}")
     ema = EMA(controlnet, args.ema) if args.ema > 0 else None
     train_step = TrainStep(optimizer, cosine_with_warmup(optimizer, args.warmup, args.steps),
-                           make_grad_scaler(args.amp, device), args.grad_clip, ema=ema)
+                           make_grad_scaler(args.amp, device), args.grad_clip, ema=ema, grad_accum=args.grad_accum)
     state = TrainingState(model=controlnet, train_step=train_step, config=controlnet_run_config(args, sd, controlnet))
 
     # --- resume -------------------------------------------------------------------------------
     # validation renders photos with the pipeline around the trained (EMA) ControlNet
     enhancer = build_enhancer(sd, state.eval_model, prompts, args.denoise_steps, args.guidance_scale, args.seed)
     run = Run(args, state, device, eval_model=enhancer)
-    # The cache is in memory already: no worker processes.
-    batches = train_batches(windows, args.batch_size, args.seed, start_step=run.step * args.grad_accum, workers=0)
+    # The cache is in memory already: no worker processes; its windows are fixed, so no --progressive.
+    batches = run.train_batches(windows, workers=0, progressive=False)
 
     # --- loop: the denoising loss of a fresh draw from each window's cached latent posterior -----
     with run.training(val_loader(val_set, workers=min(args.workers, 2))):
         while run.step < args.steps:
-            total = 0.0
-            for micro_step in range(args.grad_accum):
-                batch = next(batches)
-                photo = batch["input"].to(device, non_blocking=True)
-                latents, noise, timesteps = sd.draw(batch["latent_mean"].to(device), batch["latent_std"].to(device),
-                                                    batch["sample_seed"])
-                text = prompts(batch["name"])
-                with autocast(device, args.amp):
-                    loss = diffusion_loss(sd, train_controlnet, latents, photo, text, noise, timesteps)
-                loss = loss / args.grad_accum
-                total = total + loss.detach()
-                if micro_step < args.grad_accum - 1:
-                    train_step.accumulate(loss)
-            train_step(loss)
+            batch = next(batches)
+            photo = batch["input"].to(device, non_blocking=True)
+            latents, noise, timesteps = sd.draw(batch["latent_mean"].to(device), batch["latent_std"].to(device),
+                                                batch["sample_seed"])
+            text = prompts(batch["name"])
+            with autocast(device, args.amp):
+                loss = diffusion_loss(sd, train_controlnet, latents, photo, text, noise, timesteps)
+            train_step(loss)  # steps on every --grad-accum-th micro-batch
             # --- validation (pipeline renders) / checkpoint of the ControlNet ----------------------
-            run.end_step({"loss": total})
+            run.end_step({"loss": loss.detach()})
     return run
 
 

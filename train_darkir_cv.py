@@ -29,7 +29,7 @@ CPU smoke test (seconds):
         --vgg-weights random --out /tmp/smoke
 """
 from data.folds import build_fold_datasets
-from data.loaders import train_batches, val_loader
+from data.loaders import val_loader
 from losses import CombinedLoss, L1Loss
 from losses.perceptual import VGGPerceptualLoss, add_vgg_args
 from losses.side_output import SideOutputLoss
@@ -70,9 +70,8 @@ def train_fold(args, fold, train_set, val_set, criterion, side_criterion, device
 
     # --- resume -------------------------------------------------------------------------------
     run = Run(args, state, device, run_dir=fold_dir, resume=resume_path or False,
-              name=f"{args.script} fold {fold}/{args.folds}")
-    batches = train_batches(train_set, args.batch_size, fold_seed, start_step=run.step,
-                            workers=args.workers, pin_memory=device.type == "cuda")
+              name=f"{args.script} fold {fold}/{args.folds}", summary=False)  # the CV summary closes the run
+    batches = run.train_batches(train_set, seed=fold_seed)
 
     # --- loop ---------------------------------------------------------------------------------
     with run.training(val_loader(val_set, workers=min(args.workers, 2))):

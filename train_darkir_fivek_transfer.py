@@ -34,7 +34,7 @@ import argparse
 
 
 from data.build import build_datasets
-from data.loaders import train_batches, val_loader
+from data.loaders import val_loader
 from data.pairs import TARGET_ALIASES
 from losses import CombinedLoss, L1Loss, WindowAwareLoss
 from losses.side_output import SideOutputLoss
@@ -78,11 +78,10 @@ def train_phase(phase, args, model, train_model, criterion, side_criterion, devi
     # --- resume -------------------------------------------------------------------------------
     phase_args = argparse.Namespace(**{**vars(args), "steps": end})
     run = Run(phase_args, state, device, run_dir=run_dir, resume=resume_path or False,
-              name=f"{args.script} ({phase})", start_step=start)
+              name=f"{args.script} ({phase})", start_step=start, summary=not pretrain)
     if state.ema is not None:
         state.ema.num_updates = run.step - start  # the EMA warm-up restarts with each phase
-    batches = train_batches(train_set, args.batch_size, args.seed, start_step=run.step - start,
-                            workers=args.workers, pin_memory=device.type == "cuda")
+    batches = run.train_batches(train_set)
     if run.fresh:
         run.logger.log(start, "phase", {"phase": phase, "data": data_args.data, "lr": lr, "end_step": end})
 

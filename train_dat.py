@@ -19,7 +19,7 @@ CPU smoke test (seconds):
         --split-size 4 8 --lpips-weights random --val-every 2 --out /tmp/smoke
 """
 from data.build import build_datasets
-from data.loaders import train_batches, val_loader
+from data.loaders import val_loader
 from losses import CharbonnierLoss, CombinedLoss
 from losses.histogram import HISTOGRAM_BINS, HistogramLoss
 from losses.lab import DeltaELoss
@@ -95,8 +95,7 @@ def main(argv=None):
 
     # --- resume -------------------------------------------------------------------------------
     run = Run(args, state, device)
-    batches = train_batches(train_set, args.batch_size, args.seed, start_step=run.step,
-                            workers=args.workers, pin_memory=device.type == "cuda")
+    batches = run.train_batches(train_set)
 
     # --- loop ---------------------------------------------------------------------------------
     with run.training(val_loader(val_set, workers=min(args.workers, 2))):

@@ -20,7 +20,7 @@ from functools import partial
 
 
 from data.features import FEATURE_SPECS, num_input_channels
-from data.loaders import train_batches, val_loader
+from data.loaders import val_loader
 from losses import CombinedLoss
 from losses.delta import add_delta_args, delta_loss_from_args
 from models.restormer import Restormer
@@ -73,8 +73,7 @@ def main(argv=None):
 
     # --- resume -------------------------------------------------------------------------------
     run = Run(args, state, device, model_inputs=model_inputs)
-    batches = train_batches(train_set, args.batch_size, args.seed, start_step=run.step,
-                            workers=args.workers, pin_memory=device.type == "cuda")
+    batches = run.train_batches(train_set)
 
     # --- loop ---------------------------------------------------------------------------------
     with run.training(val_loader(val_set, workers=min(args.workers, 2))):

@@ -16,7 +16,7 @@ CPU smoke test (seconds):
 """
 
 from data.build import build_datasets
-from data.loaders import train_batches, val_loader
+from data.loaders import val_loader
 from losses import CombinedLoss, L1Loss, WindowAwareLoss
 from losses.bright_color import (BRIGHT_SOFTNESS, BRIGHT_THRESHOLD, BrightChromaLoss, BrightHistogramLoss,
                                  BrightHueLoss, BrightRGBLoss)
@@ -79,8 +79,7 @@ def main(argv=None):
 
     # --- resume -------------------------------------------------------------------------------
     run = Run(args, state, device)
-    batches = train_batches(train_set, args.batch_size, args.seed, start_step=run.step,
-                            workers=args.workers, pin_memory=device.type == "cuda")
+    batches = run.train_batches(train_set)
 
     # --- loop ---------------------------------------------------------------------------------
     with run.training(val_loader(val_set, workers=min(args.workers, 2))):

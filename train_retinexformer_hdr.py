@@ -19,7 +19,7 @@ CPU smoke test (seconds):
         --mixup --val-every 2 --out /tmp/smoke
 """
 from data.build import build_datasets
-from data.loaders import train_batches, val_loader
+from data.loaders import val_loader
 from data.mixup import mixup_pairs
 from losses import CombinedLoss, L1Loss, SaturationLoss, WindowAwareLoss
 from losses.window import WINDOW_SOFTNESS, WINDOW_THRESHOLD
@@ -72,8 +72,7 @@ def main(argv=None):
 
     # --- resume -------------------------------------------------------------------------------
     run = Run(args, state, device, sample_views=lambda net, inputs: [net.illumination(inputs)])
-    batches = train_batches(train_set, args.batch_size, args.seed, start_step=run.step,
-                            workers=args.workers, pin_memory=device.type == "cuda")
+    batches = run.train_batches(train_set)
 
     # --- loop ---------------------------------------------------------------------------------
     with run.training(val_loader(val_set, workers=min(args.workers, 2))):

@@ -40,7 +40,8 @@ class PairedDataset(torch.utils.data.Dataset):
 
     Keys are an int index, or `(index, seed)` as yielded by `data.loaders.ResumableSampler`: then the
     random crop and augmentation are drawn from `np.random.default_rng(seed)` alone, so a sample is
-    the same whichever worker process builds it. An int key draws them from fresh OS entropy.
+    the same whichever worker process builds it. An int key draws them from fresh OS entropy. A key
+    `(index, seed, crop)` (progressive patches, `data.loaders.PatchSchedule`) crops at `crop` instead.
 
     crop: int or (h, w): the same random window of both images; images smaller than it are first
         reflect-padded (both identically) up to its size.
@@ -80,14 +81,18 @@ class PairedDataset(torch.utils.data.Dataset):
         return input_image, target_image
 
     def __getitem__(self, key):
-        index, seed = key if isinstance(key, tuple) else (key, None)
+        if isinstance(key, tuple):
+            index, seed, crop = key if len(key) == 3 else (*key, None)
+        else:
+            index, seed, crop = key, None, None
         index = int(index)
         input_image, target_image = self._load(index)
+        crop = _crop_size(crop, "crop") or self.crop
 
-        if self.crop is not None or self.augment:
+        if crop is not None or self.augment:
             rng = np.random.default_rng(seed)
-        if self.crop is not None:
-            crop_height, crop_width = self.crop
+        if crop is not None:
+            crop_height, crop_width = crop
             input_image = _reflect_pad_to(input_image, crop_height, crop_width)
             target_image = _reflect_pad_to(target_image, crop_height, crop_width)
             top = int(rng.integers(input_image.shape[0] - crop_height + 1))

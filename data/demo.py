@@ -31,6 +31,7 @@ import cv2
 import numpy as np
 import skimage.data
 
+from data.io import DiskFullError, is_disk_full
 from data.pixel_cache import cache_root
 
 DEMO_VERSION = 1
@@ -793,6 +794,11 @@ def ensure_demo_data(root: str | os.PathLike | None = None, seed: int = 0, num_t
                         raise OSError(f"could not write demo image {path}")
         (partial / "manifest.json").write_text(json.dumps(manifest, indent=1))
         _install(partial, root, manifest)
+    except OSError as error:
+        if is_disk_full(error, root.parent):
+            raise DiskFullError(f"cannot write the demo data: the disk holding {root.parent} is full; free "
+                                "some space or point $REHDR_CACHE at another disk") from error
+        raise
     finally:
         shutil.rmtree(partial, ignore_errors=True)
     return root

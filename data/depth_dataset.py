@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 from .dataset import PairedDataset
-from .io import pixels_to_float, read_image
+from .io import atomic_destination, pixels_to_float, read_image
 
 
 def _as_rgb_batch(rgb_full_image: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -87,9 +86,8 @@ class DepthCache:
                 return cached.astype(np.float32)
         self.misses += 1
         depth = self.estimator(rgb)[0, 0].float().cpu().numpy().astype(np.float16)
-        with tempfile.NamedTemporaryFile(dir=self.cache_dir, suffix=".tmp", delete=False) as handle:
+        with atomic_destination(entry) as tmp, open(tmp, "wb") as handle:  # full disk: one clear line
             np.save(handle, depth)
-        os.replace(handle.name, entry)
         return depth.astype(np.float32)
 
     def precompute(

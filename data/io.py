@@ -4,6 +4,10 @@ Pixels are decoded by OpenCV (fast, keeps 16-bit precision); Pillow only parses 
 orientation, ICC profile), which it does without decoding the pixel data.
 """
 
+import contextlib
+import errno
+import os
+import shutil
 import warnings
 from io import BytesIO
 from pathlib import Path
@@ -52,6 +56,51 @@ _STORAGE_TAGS = tuple(
         "InterColorProfile", "XMLPacket",
     )
 )
+
+
+class DiskFullError(OSError):
+    """A write failed because the disk (or the quota) holding its folder is full."""
+
+
+# What torch.save's zip writer says when the file system refuses more bytes.
+_TORCH_FULL_DISK_MESSAGES = ("unexpected pos", "file write failed")
+
+
+def is_disk_full(error: BaseException, folder=None) -> bool:
+    """Whether ``error`` means no space was left: ENOSPC/EDQUOT, or torch.save's writer failing
+    (it reports a full disk as a RuntimeError), or a write that failed while ``folder`` has no room."""
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    if isinstance(error, RuntimeError) and any(m in str(error) for m in _TORCH_FULL_DISK_MESSAGES):
+        return True
+    # a writer that only reports failure (OpenCV's imwrite), on a file system without room
+    return (folder is not None and isinstance(error, OSError) and error.errno is None
+            and _free_bytes(folder) < 1 << 20)
+
+
+def _free_bytes(folder) -> int:
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return 1 << 62  # cannot tell: assume it was not the space
+
+
+@contextlib.contextmanager
+def atomic_destination(path):
+    """Yield a temporary path next to ``path`` (same extension) to write; on success it replaces
+    ``path``, on any failure it is removed and ``path`` keeps its previous content. A full disk is
+    raised as one :class:`DiskFullError` line naming the folder."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException as error:
+        tmp.unlink(missing_ok=True)
+        if isinstance(error, Exception) and is_disk_full(error, path.parent):
+            raise DiskFullError(f"cannot write {path.name}: the disk holding {path.parent} is full; free "
+                                "some space (the previous file, if any, is intact)") from error
+        raise
 
 
 class ImageReadError(ValueError):
@@ -211,34 +260,42 @@ def write_image(path, rgb, bit_depth=8, exif=None, icc_profile=None, quality=95)
     if exif:
         exif_block.load(exif)
 
-    if bit_depth == 8:
-        options = {"icc_profile": icc_profile} if icc_profile else {}
-        if exif:
-            options["exif"] = exif_block
-        if file_format == "JPEG":
-            options.update(quality=quality, subsampling=0)
-        elif file_format == "WEBP":
-            options.update(quality=quality)
-        elif file_format == "TIFF":
-            options.update(compression="tiff_lzw")
-        Image.fromarray(_quantize(rgb, np.uint8)).save(path, format=file_format, **options)
-        return
+    with atomic_destination(path) as tmp:  # a failed write leaves no half-written photo
+        if bit_depth == 8:
+            _write_8_bit(tmp, rgb, file_format, exif_block if exif else None, icc_profile, quality)
+        else:
+            _write_16_bit(tmp, rgb, file_format, exif_block if exif else None, icc_profile, path)
 
+
+def _write_8_bit(path, rgb, file_format, exif_block, icc_profile, quality):
+    options = {"icc_profile": icc_profile} if icc_profile else {}
+    if exif_block is not None:
+        options["exif"] = exif_block
+    if file_format == "JPEG":
+        options.update(quality=quality, subsampling=0)
+    elif file_format == "WEBP":
+        options.update(quality=quality)
+    elif file_format == "TIFF":
+        options.update(compression="tiff_lzw")
+    Image.fromarray(_quantize(rgb, np.uint8)).save(path, format=file_format, **options)
+
+
+def _write_16_bit(path, rgb, file_format, exif_block, icc_profile, destination):
     bgr = cv2.cvtColor(_quantize(rgb, np.uint16), cv2.COLOR_RGB2BGR)
     metadata_types, metadata = [], []
     if file_format == "PNG":
-        if exif:
+        if exif_block is not None:
             # The eXIf chunk holds the TIFF structure itself, without JPEG's "Exif\0\0" prefix.
             metadata_types.append(cv2.IMAGE_METADATA_EXIF)
             metadata.append(np.frombuffer(exif_block.tobytes()[6:], dtype=np.uint8))
         if icc_profile:
             metadata_types.append(cv2.IMAGE_METADATA_ICCP)
             metadata.append(np.frombuffer(icc_profile, dtype=np.uint8))
-    elif exif or icc_profile:
-        warnings.warn(f"'{path}': 16-bit TIFF is written without EXIF/ICC metadata (OpenCV cannot embed it)")
+    elif exif_block is not None or icc_profile:
+        warnings.warn(f"'{destination}': 16-bit TIFF is written without EXIF/ICC metadata (OpenCV cannot embed it)")
     if metadata_types:
         written = cv2.imwriteWithMetadata(str(path), bgr, metadata_types, metadata)
     else:
         written = cv2.imwrite(str(path), bgr)
     if not written:
-        raise OSError(f"cannot write image '{path}'")
+        raise OSError(f"cannot write image '{destination}'")

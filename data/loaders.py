@@ -43,7 +43,11 @@ class ResumableSampler(torch.utils.data.Sampler):
         return int(np.random.SeedSequence([self.seed, _SAMPLE_STREAM, draw]).generate_state(1, np.uint64)[0])
 
     def __iter__(self):
-        draw = self.start_step * self.batch_size
+        return self.draws(self.start_step * self.batch_size)
+
+    def draws(self, first_draw):
+        """The stream from draw number `first_draw` on."""
+        draw = first_draw
         epoch, position = divmod(draw, self.num_items)
         while True:
             order = self.epoch_order(epoch)
@@ -54,18 +58,118 @@ class ResumableSampler(torch.utils.data.Sampler):
             position = 0
 
 
-def train_batches(dataset, batch_size, seed, start_step=0, workers=4, pin_memory=False):
-    """Infinite iterator of training batches (dicts of stacked tensors plus a list of names).
+# Restormer's official progressive schedule (options/*/Restormer.yml of swz30/Restormer: iters,
+# gt_sizes, mini_batch_sizes; 300k iterations in all): (steps, crop, batch size) per stage.
+OFFICIAL_RESTORMER_SCHEDULE = ((92_000, 128, 8), (64_000, 160, 5), (48_000, 192, 4),
+                               (36_000, 256, 2), (36_000, 320, 1), (24_000, 384, 1))
 
-    Step k's batch depends only on (dataset, batch_size, seed, k), not on `workers` nor on whether the
-    run was resumed: pass the step to resume from as `start_step`. Every batch is full.
+
+class PatchSchedule:
+    """Crop size and batch size per optimizer step, in stages: ``stages`` is a list of
+    ``(first_step, crop, batch_size)`` with first steps rising from 0; a stage lasts until the next
+    one starts. ``crop=None`` keeps the dataset's own crop (the constant schedule of a plain run)."""
+
+    def __init__(self, stages):
+        stages = [(int(first), crop, int(batch)) for first, crop, batch in stages]
+        if not stages or stages[0][0] != 0 or any(b[0] <= a[0] for a, b in zip(stages, stages[1:])):
+            raise ValueError(f"patch schedule stages must start at step 0 and rise, got {stages}")
+        if any(batch < 1 or (crop is not None and crop < 1) for _, crop, batch in stages):
+            raise ValueError(f"patch schedule crops and batch sizes must be positive, got {stages}")
+        self.stages = stages
+
+    @classmethod
+    def constant(cls, batch_size, crop=None):
+        return cls([(0, crop, batch_size)])
+
+    @classmethod
+    def parse(cls, spec, total_steps):
+        """``'official'`` (:data:`OFFICIAL_RESTORMER_SCHEDULE`, its stage lengths scaled to
+        ``total_steps``) or ``'STEPS:CROP:BATCH,...'``: stage lengths in optimizer steps, in order; the
+        last stage lasts to the end of the run whatever its STEPS says."""
+        if spec == "official":
+            lengths = [steps for steps, _, _ in OFFICIAL_RESTORMER_SCHEDULE]
+            sizes = [(crop, batch) for _, crop, batch in OFFICIAL_RESTORMER_SCHEDULE]
+            scale = total_steps / sum(lengths)
+        else:
+            try:
+                stages = [tuple(int(part) for part in item.split(":")) for item in spec.split(",")]
+                if not all(len(stage) == 3 for stage in stages):
+                    raise ValueError
+            except ValueError:
+                raise ValueError(f"--progressive {spec!r}: expected 'official' or STEPS:CROP:BATCH,... "
+                                 "(e.g. 20000:128:8,20000:256:2,10000:384:1)") from None
+            lengths, sizes, scale = [s[0] for s in stages], [s[1:] for s in stages], 1.0
+        firsts, total = [], 0.0
+        for length in lengths:
+            firsts.append(round(total * scale))
+            total += length
+        if len(firsts) > 1 and firsts[-1] >= total_steps:
+            raise ValueError(f"--progressive {spec!r}: its last stage would start at step {firsts[-1]}, "
+                             f"after the run's {total_steps} steps")
+        return cls([(first, crop, batch) for first, (crop, batch) in zip(firsts, sizes)])
+
+    def stage_index(self, step):
+        """Which stage (0-based) optimizer step `step` trains in."""
+        return sum(first <= step for first, _, _ in self.stages) - 1
+
+    def at(self, step):
+        """``(crop, batch_size)`` of optimizer step `step`."""
+        _, crop, batch = self.stages[self.stage_index(step)]
+        return crop, batch
+
+    def draws_before(self, step, grad_accum=1):
+        """Samples drawn by the steps before `step` (each takes `grad_accum` micro-batches)."""
+        total = 0
+        for (first, _, batch), (end, _, _) in zip(self.stages, self.stages[1:] + [(step, None, 0)]):
+            total += max(0, min(end, step) - first) * batch * grad_accum
+        return total
+
+    def describe(self, index):
+        first, crop, batch = self.stages[index]
+        return f"patch stage {index + 1}/{len(self.stages)} from step {first}: crop {crop}, batch {batch}"
+
+
+class ResumableBatchSampler(torch.utils.data.Sampler):
+    """Infinite stream of micro-batches (lists of keys) for `PairedDataset`, resumable at any step.
+
+    Optimizer step k takes `grad_accum` micro-batches of the batch size `schedule` gives step k; their
+    keys are the next draws of :class:`ResumableSampler`'s stream, as `(index, sample_seed)`, or
+    `(index, sample_seed, crop)` where the schedule sets a crop. Starting at `start_step` jumps to the
+    first draw of that step, so a resumed run sees exactly the micro-batches the uninterrupted run
+    would have seen, and accumulating N micro-batches of B draws what one batch of N*B would.
     """
-    sampler = ResumableSampler(len(dataset), batch_size, seed, start_step)
+
+    def __init__(self, num_items, schedule, seed, start_step=0, grad_accum=1):
+        if grad_accum < 1:
+            raise ValueError(f"grad_accum must be >= 1, got {grad_accum}")
+        self.stream = ResumableSampler(num_items, 1, seed)
+        self.schedule, self.start_step, self.grad_accum = schedule, start_step, grad_accum
+
+    def __iter__(self):
+        draws = self.stream.draws(self.schedule.draws_before(self.start_step, self.grad_accum))
+        step = self.start_step
+        while True:
+            crop, batch_size = self.schedule.at(step)
+            for _ in range(self.grad_accum):
+                keys = [next(draws) for _ in range(batch_size)]
+                yield keys if crop is None else [(index, seed, crop) for index, seed in keys]
+            step += 1
+
+
+def train_batches(dataset, batch_size, seed, start_step=0, workers=4, pin_memory=False, grad_accum=1,
+                  schedule=None):
+    """Infinite iterator of training micro-batches (dicts of stacked tensors plus a list of names).
+
+    Optimizer step k takes `grad_accum` micro-batches of `batch_size` images, or of the crop and batch
+    size a :class:`PatchSchedule` `schedule` gives step k. They depend only on (dataset, batch size or
+    schedule, grad_accum, seed, k), not on `workers` nor on whether the run was resumed: pass the
+    optimizer step to resume from as `start_step`. Every batch is full.
+    """
+    schedule = schedule or PatchSchedule.constant(batch_size)
+    sampler = ResumableBatchSampler(len(dataset), schedule, seed, start_step, grad_accum)
     loader = torch.utils.data.DataLoader(
         dataset,
-        batch_size=batch_size,
-        sampler=sampler,
-        drop_last=True,
+        batch_sampler=sampler,
         num_workers=workers,
         pin_memory=pin_memory,
         persistent_workers=workers > 0,

@@ -8,19 +8,17 @@ shared by every DataLoader worker and every run, so memory does not grow with th
 Entries are keyed by the photo's resolved path, size and modification time: a changed file gets a
 new entry (the old one is removed when the new one is written), never the stale pixels. Writers put
 the array in a temporary file in the cache folder and rename it into place (atomic on POSIX), so a
-killed writer leaves at most a ``.tmp`` file that is never read, and concurrent workers decoding the
-same photo each rename an identical complete file.
+killed writer leaves at most a hidden ``.tmp`` file that is never read, and concurrent workers decoding
+the same photo each rename an identical complete file. A full disk is one ``DiskFullError`` line.
 """
 
-import errno
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from data.io import read_pixels
+from data.io import atomic_destination, read_pixels
 
 
 def cache_root() -> Path:
@@ -86,16 +84,8 @@ class PixelCache:
 
     def _store(self, entry: Path, pixels: np.ndarray) -> None:
         """Write ``pixels`` to ``entry`` atomically and remove the entries of older versions of the photo."""
-        handle = tempfile.NamedTemporaryFile(dir=self.folder, prefix=".", suffix=".tmp", delete=False)
-        try:
-            with handle:
-                np.save(handle, pixels)
-            os.replace(handle.name, entry)
-        except OSError as error:
-            Path(handle.name).unlink(missing_ok=True)
-            reason = "the disk is full" if error.errno == errno.ENOSPC else (error.strerror or str(error))
-            raise OSError(f"cannot write the pixel cache entry in '{self.folder}': {reason}; "
-                          f"free space or choose another folder with --cache-dir") from error
+        with atomic_destination(entry) as temporary:
+            np.save(temporary, pixels)
         prefix = entry.name.split("-", 1)[0]
         for stale in self.folder.glob(f"{prefix}-*.npy"):
             if stale != entry:

@@ -13,6 +13,7 @@ from data.folds import build_fold_datasets, kfold_split
 from data.pairs import ImagePair
 from losses.side_output import SideOutputLoss
 from models.darkir import DarkIR
+import utils.run
 from tests.conftest import write_pairs
 from utils.checkpoint import load_checkpoint
 from utils.cli import add_darkir_args, darkir_kwargs
@@ -220,21 +221,21 @@ def test_transfer_switches_phase_and_resumes_in_phase_2(tiny_pairs, fivek_pairs,
 
 def test_transfer_resumes_interrupted_pretraining_then_fine_tunes(tiny_pairs, fivek_pairs, tmp_path, monkeypatch):
     transfer = load_script("train_darkir_fivek_transfer")
-    real_batches = transfer.train_batches
+    real_batches = utils.run.train_batches
 
     def interrupted_after_one_batch(*args, **kwargs):
         batches = real_batches(*args, **kwargs)
         yield next(batches)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(transfer, "train_batches", interrupted_after_one_batch)
+    monkeypatch.setattr(utils.run, "train_batches", interrupted_after_one_batch)
     out = tmp_path / "run"
     with pytest.raises(SystemExit):
         transfer.main(transfer_argv(tiny_pairs, fivek_pairs, out, pretrain_steps=3))
     saved = load_checkpoint(out / "last.pt")
     assert saved["step"] == 1 and saved["config"]["phase"] == "pretrain"
 
-    monkeypatch.setattr(transfer, "train_batches", real_batches)
+    monkeypatch.setattr(utils.run, "train_batches", real_batches)
     transfer.main(transfer_argv(tiny_pairs, fivek_pairs, out, pretrain_steps=3) + ["--resume", str(out)])
     records = read_records(out)
     phases = [(r["step"], r["phase"]) for r in records if r["split"] == "phase"]

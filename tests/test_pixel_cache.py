@@ -124,11 +124,11 @@ import os, signal, sys
 import numpy as np
 import data.pixel_cache as pixel_cache
 
-def save_half_then_die(handle, array):
-    payload = array.tobytes()
-    handle.write(payload[: len(payload) // 2])
-    handle.flush()
-    os.kill(os.getpid(), signal.SIGKILL)
+def save_half_then_die(path, array):
+    with open(path, "wb") as handle:
+        handle.write(array.tobytes()[: array.nbytes // 2])
+        handle.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
 
 pixel_cache.np.save = save_half_then_die
 pixel_cache.PixelCache(sys.argv[1]).read(sys.argv[2])

@@ -15,6 +15,7 @@ import torch
 import enhance
 import evaluate
 import train_restormer_512_combined_loss as recipe
+import utils.run
 from models.darkir import DarkIR
 from models.restormer import Restormer
 from tests.conftest import write_pairs
@@ -217,16 +218,16 @@ def test_checkpoint_written_by_the_old_code_resumes_exactly(tiny_pairs, tmp_path
     recipe.main(_argv(tiny_pairs, tmp_path / "full", 2))
     full_step, full_model, full_ema = _weights(tmp_path / "full" / "last.pt")
 
-    real_batches = recipe.train_batches
+    real_batches = utils.run.train_batches
 
     def interrupted_after_one(*args, **kwargs):
         yield next(real_batches(*args, **kwargs))
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(recipe, "train_batches", interrupted_after_one)
+    monkeypatch.setattr(utils.run, "train_batches", interrupted_after_one)
     with pytest.raises(SystemExit):
         recipe.main(_argv(tiny_pairs, tmp_path / "split", 2))
-    monkeypatch.setattr(recipe, "train_batches", real_batches)
+    monkeypatch.setattr(utils.run, "train_batches", real_batches)
     last = tmp_path / "split" / "last.pt"
     old = torch.load(last, weights_only=True)
     name, key, *rest = old["rng"]["numpy"]

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import train_restormer_512_combined_loss as recipe
+import utils.run
 from utils.checkpoint import CheckpointError
 from utils.training import NonFiniteLossError
 
@@ -30,7 +31,7 @@ def test_interrupt_then_resume_reproduces_the_uninterrupted_run(tiny_pairs, tmp_
     recipe.main(_argv(tiny_pairs, tmp_path / "full"))
     full_step, full_model, full_ema, full_optimizer = _weights(tmp_path / "full" / "last.pt")
 
-    real_batches = recipe.train_batches
+    real_batches = utils.run.train_batches
 
     def interrupted_after_two(*args, **kwargs):
         batches = real_batches(*args, **kwargs)
@@ -38,12 +39,12 @@ def test_interrupt_then_resume_reproduces_the_uninterrupted_run(tiny_pairs, tmp_
         yield next(batches)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(recipe, "train_batches", interrupted_after_two)
+    monkeypatch.setattr(utils.run, "train_batches", interrupted_after_two)
     with pytest.raises(SystemExit) as stopped:
         recipe.main(_argv(tiny_pairs, tmp_path / "split"))
     assert stopped.value.code == 130
     assert _weights(tmp_path / "split" / "last.pt")[0] == 2
-    monkeypatch.setattr(recipe, "train_batches", real_batches)
+    monkeypatch.setattr(utils.run, "train_batches", real_batches)
     recipe.main(_argv(tiny_pairs, tmp_path / "split", 4, "--resume", str(tmp_path / "split")))
     step, model, ema, optimizer = _weights(tmp_path / "split" / "last.pt")
     assert step == full_step == 4

@@ -42,6 +42,7 @@ from models.dat import DAT  # noqa: E402
 from models.gain import GainRestormer  # noqa: E402
 from models.hat import HAT  # noqa: E402
 from models.mambair import MambaIR, MambaIRUNet  # noqa: E402
+from models.nafnet import NAFNet  # noqa: E402
 from models.restormer import Restormer  # noqa: E402
 from models.retinexformer import RetinexFormer  # noqa: E402
 from models.retinexmamba import RetinexMamba  # noqa: E402
@@ -56,6 +57,8 @@ MODELS = {
     "zero_conv_restormer": (ZeroConvRestormer, {}, TINY_RESTORMER),
     "darkir": (DarkIR, {}, dict(width=8, middle_blk_num_enc=1, middle_blk_num_dec=1, enc_blk_nums=[1, 1, 1],
                                 dec_blk_nums=[1, 1, 1])),
+    "nafnet": (NAFNet, dict(width=32, middle_blk_num=12, enc_blk_nums=[2, 2, 4, 8], dec_blk_nums=[2, 2, 2, 2]),
+               dict(width=8, middle_blk_num=1, enc_blk_nums=[1, 1], dec_blk_nums=[1, 1])),
     "retinexformer": (RetinexFormer, dict(n_feat=40, stage=1, num_blocks=[1, 2, 2]),
                       dict(n_feat=8, stage=1, num_blocks=[1, 1, 1])),
     "retinexmamba": (RetinexMamba, dict(n_feat=40, stage=1, num_blocks=[1, 2, 2]),

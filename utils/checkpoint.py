@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from data.io import atomic_destination
 from models.expand import INPUT_CONV_KEY, expand_to_model
 
 CHECKPOINT_FORMAT = "rehdr-checkpoint-v1"
@@ -107,12 +108,13 @@ def set_rng_state(state: dict) -> None:
 
 
 def atomic_save(obj, path) -> None:
-    """torch.save to a temporary file next to ``path``, then rename over it."""
+    """torch.save to a temporary file next to ``path``, then rename over it. On a full disk (torch
+    reports it as ``RuntimeError ... unexpected pos``) the temporary file is removed, ``path`` keeps
+    its previous content, and :class:`data.io.DiskFullError` says which folder is full."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_destination(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def save_checkpoint(path, *, step: int, model, config: dict, optimizer=None, scheduler=None,

@@ -44,7 +44,14 @@ def base_parser(description: str, **defaults) -> argparse.ArgumentParser:
                       "~/.cache/realestate-hdr)")
     train = parser.add_argument_group("training")
     train.add_argument("--steps", type=int, default=50_000, help="optimizer steps in total")
-    train.add_argument("--batch-size", type=int, default=4, help=f"images per step ({OOM_HINT})")
+    train.add_argument("--batch-size", type=int, default=4, help=f"images per micro-batch ({OOM_HINT})")
+    train.add_argument("--grad-accum", type=positive_int, default=1, metavar="N",
+                       help="micro-batches per optimizer step: N x --batch-size images per step in "
+                       "the memory of one micro-batch")
+    train.add_argument("--progressive", default=None, metavar="STEPS:CROP:BATCH,...",
+                       help="progressive patches: stages of STEPS optimizer steps at CROP px and BATCH "
+                       "images (replacing --crop/--batch-size), e.g. 20000:128:8,20000:256:2,10000:384:1; "
+                       "'official': Restormer's 6 stages (128 px x 8 ... 384 px x 1) scaled to --steps")
     train.add_argument("--lr", type=float, default=3e-4, help="peak AdamW learning rate")
     train.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay")
     train.add_argument("--warmup", type=int, default=1000, help="linear warm-up steps before the cosine decay")
@@ -67,6 +74,9 @@ def base_parser(description: str, **defaults) -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=0, help="seed of everything random (saved with the run)")
     run.add_argument("--val-every", type=int, default=1000, help="validate every N optimizer steps")
     run.add_argument("--save-every", type=int, default=1000, help="write last.pt every N optimizer steps")
+    run.add_argument("--keep-best", type=positive_int, default=1, metavar="K",
+                     help="besides best.pt, keep the K best validated checkpoints as best_stepNNNNNNN.pt "
+                     "(1: best.pt only)")
     run.add_argument("--log-every", type=int, default=50, help="log training losses every N steps")
     run.add_argument("--num-samples", type=int, default=4, help="validation images in the sample grid")
     parser.set_defaults(**defaults)
@@ -128,6 +138,13 @@ def restormer_kwargs(args, inp_channels: int = 3) -> dict:
                 ffn_expansion_factor=args.ffn_expansion_factor, bias=False, LayerNorm_type=args.layernorm)
 
 
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
 def add_schedule_args(parser: argparse.ArgumentParser, optimizer: str = "adamw", schedule: str = "cosine",
                       milestones=(0.5, 0.8, 0.9, 0.95), gamma: float = 0.5) -> None:
     """Optimizer and lr-schedule choice for :func:`utils.training.make_train_step` (without these flags it
@@ -145,15 +162,15 @@ def add_schedule_args(parser: argparse.ArgumentParser, optimizer: str = "adamw",
 
 
 def run_cli(main) -> None:
-    """Run a script's ``main()``; user errors (bad data, bad checkpoint, a diverging loss) end as one
-    line on stderr with exit code 2 instead of a traceback."""
-    from data.io import ImageReadError
+    """Run a script's ``main()``; user errors (bad data, bad checkpoint, a diverging loss, a full
+    disk) end as one line on stderr with exit code 2 instead of a traceback."""
+    from data.io import DiskFullError, ImageReadError
     from data.pairs import DataLayoutError
     from .checkpoint import CheckpointError
     from .training import NonFiniteLossError
     try:
         main()
-    except (DataLayoutError, ImageReadError, CheckpointError, NonFiniteLossError,
+    except (DataLayoutError, ImageReadError, CheckpointError, NonFiniteLossError, DiskFullError,
             FileNotFoundError, ValueError, ImportError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)

@@ -531,7 +531,6 @@ def add_controlnet_args(parser, pretrained: str, denoise_steps: int = 20) -> Non
                        help="classifier-free guidance when rendering (1: off, one UNet pass per step)")
     group.add_argument("--denoise-steps", type=_positive_int, default=denoise_steps,
                        help="denoising steps of validation renders (and enhance.py's default)")
-    group.add_argument("--grad-accum", type=_positive_int, default=1, help="micro-batches per optimizer step")
 
 
 def _positive_int(text: str) -> int:

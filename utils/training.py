@@ -214,6 +214,14 @@ class EMA:
 class TrainStep:
     """backward -> (unscale) -> clip -> optimizer step -> lr schedule -> EMA, with a non-finite guard.
 
+    Gradient accumulation (``grad_accum`` N > 1): every call is one micro-batch; its loss is scaled by
+    1/N and backwarded, and only every N-th call clips, steps, schedules and updates the EMA.
+    ``stepped`` says whether the last call stepped (:meth:`utils.run.Run.end_step` counts optimizer
+    steps by it). Under DistributedDataParallel (``ddp``, the wrapper the loop calls) the first N-1
+    micro-batches must not all-reduce: DDP decides that in its forward from
+    ``require_backward_grad_sync`` (the flag ``DDP.no_sync()`` toggles), so each call sets the flag
+    for the next micro-batch's forward: on for the last micro-batch of a step, off otherwise.
+
     A step whose loss or gradient norm is NaN/inf is skipped without a host-device sync: the fused
     AdamW kernel takes a ``found_inf`` flag (the mechanism GradScaler uses), and the count of
     consecutive bad losses stays on the device until :meth:`check` reads it at logging time; it
@@ -221,22 +229,44 @@ class TrainStep:
     """
 
     def __init__(self, optimizer, scheduler, scaler, grad_clip: float = 0.0, ema: EMA = None,
-                 max_bad_steps: int = 5):
+                 max_bad_steps: int = 5, grad_accum: int = 1, ddp=None):
+        if grad_accum < 1:
+            raise ValueError(f"--grad-accum must be >= 1, got {grad_accum}")
         self.optimizer, self.scheduler, self.scaler, self.ema = optimizer, scheduler, scaler, ema
         self.grad_clip, self.max_bad_steps = grad_clip, max_bad_steps
+        self.grad_accum, self.ddp = grad_accum, ddp
         self.params = [p for group in optimizer.param_groups for p in group["params"]]
         device = self.params[0].device
         self.bad_streak = torch.zeros((), device=device)
         self.worst_streak = torch.zeros((), device=device)
         self.grad_norm = torch.zeros((), device=device)
+        self.micro_batch, self.stepped = 0, False
+        self.bad_micro_batch = torch.zeros((), device=device)
+        self._arrange_sync()
+
+    def _arrange_sync(self) -> None:
+        """DDP all-reduces in the backward of the step's last micro-batch only."""
+        if self.ddp is not None:
+            self.ddp.require_backward_grad_sync = self.micro_batch == self.grad_accum - 1
 
     def __call__(self, loss: torch.Tensor) -> None:
-        self.scaler.scale(loss).backward()
+        self.scaler.scale(loss / self.grad_accum if self.grad_accum > 1 else loss).backward()
+        loss_bad = (~torch.isfinite(loss.detach())).float()
+        self.micro_batch += 1
+        self.stepped = self.micro_batch == self.grad_accum
+        if not self.stepped:
+            self.bad_micro_batch = torch.maximum(self.bad_micro_batch, loss_bad)
+            self._arrange_sync()
+            return
+        if self.grad_accum > 1:
+            loss_bad = torch.maximum(self.bad_micro_batch, loss_bad)
+            self.bad_micro_batch = torch.zeros_like(loss_bad)
+        self.micro_batch = 0
+        self._arrange_sync()
         if self.scaler.is_enabled():
             self.scaler.unscale_(self.optimizer)
         max_norm = self.grad_clip if self.grad_clip > 0 else float("inf")
         self.grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm, foreach=True)
-        loss_bad = (~torch.isfinite(loss.detach())).float()
         if self.scaler.is_enabled():
             # GradScaler skips steps whose gradients overflowed (normal while the scale settles).
             self.scaler.step(self.optimizer)
@@ -251,10 +281,6 @@ class TrainStep:
             self.ema.update()
         self.bad_streak = (self.bad_streak + loss_bad) * loss_bad
         self.worst_streak = torch.maximum(self.worst_streak, self.bad_streak)
-
-    def accumulate(self, loss: torch.Tensor) -> None:
-        """Backward of a gradient-accumulation micro-batch that is not the step's last (no step)."""
-        self.scaler.scale(loss).backward()
 
     def check(self) -> None:
         """Read the guard (one sync); call at logging intervals."""
@@ -287,7 +313,9 @@ def make_train_step(model: torch.nn.Module, args, device: torch.device, *, lr: f
     :func:`utils.cli.add_schedule_args` may choose Adam (--optimizer) and a multi-step decay
     (--schedule multistep, --milestones as fractions of the steps, --lr-gamma). Keyword arguments
     override a flag for a second network or a second training phase; ``scheduler(optimizer)``
-    replaces the flag-chosen schedule (e.g. :func:`cosine_restarts`)."""
+    replaces the flag-chosen schedule (e.g. :func:`cosine_restarts`). --grad-accum micro-batches make
+    one step; pass the DDP-wrapped model (optionally compiled) to skip the all-reduce of the first N-1
+    (``args`` built by hand without ``grad_accum`` mean 1)."""
     optimizer = build_optimizer(model, args.lr if lr is None else lr,
                                 args.weight_decay if weight_decay is None else weight_decay, betas=betas,
                                 kind=getattr(args, "optimizer", "adamw"))
@@ -305,7 +333,17 @@ def make_train_step(model: torch.nn.Module, args, device: torch.device, *, lr: f
         raise ValueError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
     return TrainStep(optimizer, scheduler, make_grad_scaler(args.amp, device),
                      args.grad_clip if grad_clip is None else grad_clip,
-                     ema=EMA(model, args.ema) if ema and args.ema > 0 else None)
+                     ema=EMA(model, args.ema) if ema and args.ema > 0 else None,
+                     grad_accum=getattr(args, "grad_accum", 1), ddp=find_ddp(model))
+
+
+def find_ddp(model: torch.nn.Module):
+    """The DistributedDataParallel wrapper among ``model``'s wrappers (torch.compile, DDP), else None."""
+    while model is not None:
+        if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            return model
+        model = getattr(model, "_orig_mod", None)
+    return None
 
 
 class LossTracker:
