@@ -130,13 +130,13 @@ class PeakMemory:
                 self.peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def time_train_steps(model, inputs, targets, steps, amp_dtype):
-    """Seconds of each of ``steps`` training steps after one untimed warm-up step."""
+def time_train_steps(model, inputs, targets, steps, amp_dtype, warmup=1):
+    """Seconds of each of ``steps`` training steps after ``warmup`` untimed ones."""
     device = inputs.device
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     autocast = amp_dtype != torch.float32
     durations = []
-    for step in range(steps + 1):
+    for step in range(warmup + steps):
         synchronize(device)
         start = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
@@ -145,22 +145,22 @@ def time_train_steps(model, inputs, targets, steps, amp_dtype):
         loss.backward()
         optimizer.step()
         synchronize(device)
-        if step:
+        if step >= warmup:
             durations.append(time.perf_counter() - start)
     return durations
 
 
-def time_forwards(model, inputs, repeats, amp_dtype):
-    """Seconds of each of ``repeats`` inference forwards after one untimed warm-up forward."""
+def time_forwards(model, inputs, repeats, amp_dtype, warmup=1):
+    """Seconds of each of ``repeats`` inference forwards after ``warmup`` untimed ones."""
     durations = []
     with torch.inference_mode(), torch.autocast(inputs.device.type, dtype=amp_dtype,
                                                 enabled=amp_dtype != torch.float32):
-        for repeat in range(repeats + 1):
+        for repeat in range(warmup + repeats):
             synchronize(inputs.device)
             start = time.perf_counter()
             model(inputs)
             synchronize(inputs.device)
-            if repeat:
+            if repeat >= warmup:
                 durations.append(time.perf_counter() - start)
     return durations
 
@@ -255,10 +255,10 @@ def bench_official(path, args, device):
     forward_inputs = torch.rand(1, 3, args.official_forward_size, args.official_forward_size, device=device)
     times = {key: [] for key in ("ours_train", "official_train", "ours_forward", "official_forward")}
     models = {"ours": prepare(ours, device, args.channels_last, args.compile), "official": official}
-    for _ in range(args.rounds):
+    for round_ in range(args.rounds):  # the first round's extra step and forward warm both models up
         for who, model in models.items():
-            times[f"{who}_train"] += time_train_steps(model.train(), inputs, targets, 1, amp_dtype)
-            times[f"{who}_forward"] += time_forwards(model.eval(), forward_inputs, 1, amp_dtype)
+            times[f"{who}_train"] += time_train_steps(model.train(), inputs, targets, 1, amp_dtype, warmup=not round_)
+            times[f"{who}_forward"] += time_forwards(model.eval(), forward_inputs, 1, amp_dtype, warmup=not round_)
     medians = {key: statistics.median(values) for key, values in times.items()}
     return dict(medians, max_output_difference=max_difference, train_crop=args.crop,
                 forward_size=args.official_forward_size, rounds=args.rounds,
