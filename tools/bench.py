@@ -4,7 +4,8 @@ Per model: training-step seconds (forward + L1 backward + AdamW step) and images
 (CUDA ``max_memory_allocated``; on CPU the process's peak resident set during that model's steps,
 reset through ``/proc/self/clear_refs``), forward seconds per megapixel (inference mode), forward
 FLOPs from ``torch.utils.flop_counter`` and the achieved FLOP/s as a fraction of a large matmul timed
-in the same run and dtype (an MFU-like figure). The loader: samples/s of one worker (this process,
+in the same run and dtype (an MFU-like figure), and ``EMA.update`` milliseconds against the same update
+plus a copy of every buffer (what it did before it skipped static ones). The loader: samples/s of one worker (this process,
 one OpenCV thread) cropping from 3296x2192 JPEG pairs it writes, without and with the pixel cache.
 
     OMP_NUM_THREADS=2 python tools/bench.py --json bench.json --markdown bench.md      # every model
@@ -47,6 +48,7 @@ from models.restormer import Restormer  # noqa: E402
 from models.retinexformer import RetinexFormer  # noqa: E402
 from models.retinexmamba import RetinexMamba  # noqa: E402
 from models.zero_conv import ZeroConvRestormer  # noqa: E402
+from utils.training import EMA  # noqa: E402
 
 TINY_RESTORMER = dict(dim=8, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1, heads=[1, 1, 1, 1])
 HAT_X1 = dict(upscale=1, img_size=64, upsampler="pixelshuffle", resi_connection="1conv", img_range=1.0)
@@ -165,6 +167,28 @@ def time_forwards(model, inputs, repeats, amp_dtype, warmup=1):
     return durations
 
 
+def time_ema_updates(model, repeats):
+    """Median ms of ``EMA.update`` and of the same update plus a copy of every buffer (what it did before)."""
+    ema = EMA(model, 0.999)
+    buffers = list(zip(ema.module.buffers(), model.buffers()))
+
+    def copy_all():
+        ema.update()
+        with torch.no_grad():
+            for ema_buffer, buffer in buffers:
+                ema_buffer.copy_(buffer)
+
+    times = {"changed": [], "all": []}
+    for _ in range(repeats):  # interleaved
+        for key, update in (("all", copy_all), ("changed", ema.update)):
+            synchronize(next(model.parameters()).device)
+            start = time.perf_counter()
+            update()
+            synchronize(next(model.parameters()).device)
+            times[key].append(time.perf_counter() - start)
+    return {key: statistics.median(values) * 1e3 for key, values in times.items()}
+
+
 def prepare(model, device, channels_last, compile_model):
     model = model.to(device)
     if channels_last:
@@ -187,11 +211,13 @@ def bench_model(name, model, args, device, peak_flops):
     with PeakMemory(device) as memory:
         train = statistics.median(time_train_steps(runnable.train(), inputs, targets, args.steps, amp_dtype))
     forward = statistics.median(time_forwards(runnable.eval(), inputs, args.steps, amp_dtype))
+    ema = time_ema_updates(model, args.steps + 2)
     megapixels = args.batch * args.crop * args.crop / 1e6
     return dict(model=name, parameters=parameters, train_step_s=train, images_per_s=args.batch / train,
                 peak_memory_mb=memory.peak / 2 ** 20, forward_s_per_mp=forward / megapixels,
                 forward_gflop=flops / 1e9, achieved_gflops=flops / forward / 1e9,
-                fraction_of_peak=flops / forward / peak_flops)
+                fraction_of_peak=flops / forward / peak_flops, ema_update_ms=ema["changed"],
+                ema_update_copying_all_buffers_ms=ema["all"])
 
 
 def write_jpeg_pairs(folder, count, size, quality=95):
@@ -276,12 +302,13 @@ def markdown(report):
     lines = [f"Machine: {report['machine']}; torch {report['torch']}; crop {report['crop']}, batch "
              f"{report['batch']}, {report['amp']}{', channels_last' if report['channels_last'] else ''}"
              f"{', compiled' if report['compile'] else ''}; {report['configs']} configurations.", "",
-             "| model | params (M) | train step (s) | img/s | peak mem (MB) | fwd s/MP | fwd GFLOP | GFLOP/s | of peak |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| model | params (M) | train step (s) | img/s | peak mem (MB) | fwd s/MP | fwd GFLOP | GFLOP/s | of peak "
+             "| EMA update ms (all buffers → changed) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for row in report["models"]:
         lines.append(f"| {row['model']} | {row['parameters'] / 1e6:.2f} | {row['train_step_s']:.3f} | "
                      f"{row['images_per_s']:.1f} | {row['peak_memory_mb']:.0f} | {row['forward_s_per_mp']:.3f} | "
-                     f"{row['forward_gflop']:.2f} | {row['achieved_gflops']:.1f} | {row['fraction_of_peak']:.0%} |")
+                     f"{row['forward_gflop']:.2f} | {row['achieved_gflops']:.1f} | {row['fraction_of_peak']:.0%} | "
+                     f"{row['ema_update_copying_all_buffers_ms']:.1f} → {row['ema_update_ms']:.1f} |")
     lines.append(f"\nPeak: {report['peak_gflops']:.0f} GFLOP/s ({report['peak_matmul']}² matmul, same dtype).")
     if "loader" in report:
         loader = report["loader"]
