@@ -75,6 +75,9 @@ class Run:
         text = spec["class"].rpartition(".")[2]
         size = next((f"{key} {kwargs[key]}" for key in ("dim", "width", "n_feat") if key in kwargs), None)
         channels = kwargs.get("inp_channels", kwargs.get("in_channels", 3))
+        refiner = self.config.get("refiner")
+        if refiner:  # a refiner's input is its backbone's output + the photo: name the backbone instead
+            return f"{text} ({size}) on frozen {Path(refiner['backbone']).parent.name}"
         details = [detail for detail in (size, f"{channels}-channel input" if channels != 3 else None) if detail]
         return f"{text} ({', '.join(details)})" if details else text
 

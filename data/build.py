@@ -11,8 +11,11 @@ def pixel_cache_from_args(args):
     return PixelCache(getattr(args, "cache_dir", None) or default_pixel_cache_dir())
 
 
-def build_datasets(args, target_aliases=None):
+def build_datasets(args, target_aliases=None, aligned=None):
     """Discover, check and wrap the pairs named by the shared flags; returns (train_set, val_set).
+
+    ``aligned(pairs, split) -> {key: [path per pair]}`` (split 'train' or 'val') adds images aligned
+    with each split's pairs (a frozen backbone's outputs, see :class:`data.dataset.PairedDataset`).
 
     Every pair's headers are checked before training starts, so a broken file is reported now
     rather than hours into a run.
@@ -23,6 +26,8 @@ def build_datasets(args, target_aliases=None):
     check_pairs(train_pairs + val_pairs)
     print(f"data: {len(train_pairs)} training pairs, {len(val_pairs)} validation pairs from {args.data}")
     cache = pixel_cache_from_args(args)
-    train_set = PairedDataset(train_pairs, crop=args.crop, augment=True, cache=cache)
-    val_set = PairedDataset(val_pairs, center_crop=args.val_crop or None, cache=cache)
+    train_set = PairedDataset(train_pairs, crop=args.crop, augment=True, cache=cache,
+                              aligned=aligned(train_pairs, "train") if aligned else None)
+    val_set = PairedDataset(val_pairs, center_crop=args.val_crop or None, cache=cache,
+                            aligned=aligned(val_pairs, "val") if aligned else None)
     return train_set, val_set

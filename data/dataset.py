@@ -47,13 +47,20 @@ class PairedDataset(torch.utils.data.Dataset):
         reflect-padded (both identically) up to its size.
     augment: one of the 8 flips / 90-degree rotations, chosen at random, applied to both images.
     center_crop: int or (h, w): deterministic centred window for validation, clamped to the image.
-    cache: a `data.pixel_cache.PixelCache`, or None to decode both photos for every sample. With it
+    cache: a `data.pixel_cache.PixelCache`, or None to decode the photos for every sample. With it
         each photo is decoded once, a crop reads only its rows from the memory-mapped pixels, and
         only the crop is converted to float.
+    aligned: further images aligned with the pairs, ``{key: [one path per pair]}`` (e.g. a frozen
+        backbone's outputs): each must have its pair's size, goes through the same crop, padding and
+        augmentation, and comes out under ``key``.
     """
 
-    def __init__(self, pairs, crop=None, augment=False, center_crop=None, cache=None):
+    def __init__(self, pairs, crop=None, augment=False, center_crop=None, cache=None, aligned=None):
         self.pairs = list(pairs)
+        self.aligned = {key: list(paths) for key, paths in (aligned or {}).items()}
+        for key, paths in self.aligned.items():
+            if len(paths) != len(self.pairs):
+                raise ValueError(f"aligned images '{key}': {len(paths)} paths for {len(self.pairs)} pairs")
         self.crop = _crop_size(crop, "crop")
         self.center_crop = _crop_size(center_crop, "center_crop")
         if self.crop is not None and self.center_crop is not None:
@@ -65,20 +72,20 @@ class PairedDataset(torch.utils.data.Dataset):
         return len(self.pairs)
 
     def _load(self, index):
-        """(input, target) pixels of pair `index`: uint8/uint16 arrays (memory-mapped when cached).
-
-        Subclasses may return float32 arrays instead (a pipeline over whole photos); the crop is
-        converted to float either way.
-        """
+        """Pixels of pair `index` by key (input, target, the aligned images): uint8/uint16 arrays,
+        memory-mapped when cached. Subclasses may return float32 arrays instead (a pipeline over whole
+        photos); the crop is converted to float either way."""
         pair = self.pairs[index]
+        paths = {"input": pair.input, "target": pair.target, **{key: paths[index] for key, paths in self.aligned.items()}}
         read = read_pixels if self.cache is None else self.cache.read
-        input_image, target_image = read(pair.input), read(pair.target)
-        if input_image.shape != target_image.shape:
-            raise ValueError(
-                f"pair '{pair.name}': input '{pair.input}' is {input_image.shape[0]}x{input_image.shape[1]} "
-                f"but target '{pair.target}' is {target_image.shape[0]}x{target_image.shape[1]} (height x width)"
-            )
-        return input_image, target_image
+        images = {key: read(path) for key, path in paths.items()}
+        for key, image in images.items():
+            if image.shape != images["input"].shape:
+                raise ValueError(
+                    f"pair '{pair.name}': input '{pair.input}' is {images['input'].shape[0]}x{images['input'].shape[1]} "
+                    f"but {key} '{paths[key]}' is {image.shape[0]}x{image.shape[1]} (height x width)"
+                )
+        return images
 
     def __getitem__(self, key):
         if isinstance(key, tuple):
@@ -86,33 +93,32 @@ class PairedDataset(torch.utils.data.Dataset):
         else:
             index, seed, crop = key, None, None
         index = int(index)
-        input_image, target_image = self._load(index)
+        images = self._load(index)
+        height, width = images["input"].shape[:2]
         crop = _crop_size(crop, "crop") or self.crop
 
         if crop is not None or self.augment:
             rng = np.random.default_rng(seed)
         if crop is not None:
             crop_height, crop_width = crop
-            input_image = _reflect_pad_to(input_image, crop_height, crop_width)
-            target_image = _reflect_pad_to(target_image, crop_height, crop_width)
-            top = int(rng.integers(input_image.shape[0] - crop_height + 1))
-            left = int(rng.integers(input_image.shape[1] - crop_width + 1))
+            images = {k: _reflect_pad_to(image, crop_height, crop_width) for k, image in images.items()}
+            height, width = images["input"].shape[:2]
+            top = int(rng.integers(height - crop_height + 1))
+            left = int(rng.integers(width - crop_width + 1))
             window = (slice(top, top + crop_height), slice(left, left + crop_width))
-            input_image, target_image = input_image[window], target_image[window]
+            images = {k: image[window] for k, image in images.items()}
         elif self.center_crop is not None:
-            crop_height = min(self.center_crop[0], input_image.shape[0])
-            crop_width = min(self.center_crop[1], input_image.shape[1])
-            top = (input_image.shape[0] - crop_height) // 2
-            left = (input_image.shape[1] - crop_width) // 2
+            crop_height = min(self.center_crop[0], height)
+            crop_width = min(self.center_crop[1], width)
+            top = (height - crop_height) // 2
+            left = (width - crop_width) // 2
             window = (slice(top, top + crop_height), slice(left, left + crop_width))
-            input_image, target_image = input_image[window], target_image[window]
+            images = {k: image[window] for k, image in images.items()}
         if self.augment:
             # 0-3: rotations by k * 90 degrees; 4-7: the same after a transpose (the dihedral group D4).
             variant = int(rng.integers(8))
             if variant >= 4:
-                input_image, target_image = input_image.transpose(1, 0, 2), target_image.transpose(1, 0, 2)
-            input_image = np.rot90(input_image, variant % 4)
-            target_image = np.rot90(target_image, variant % 4)
+                images = {k: image.transpose(1, 0, 2) for k, image in images.items()}
+            images = {k: np.rot90(image, variant % 4) for k, image in images.items()}
 
-        return {"input": _to_tensor(pixels_to_float(input_image)), "target": _to_tensor(pixels_to_float(target_image)),
-                "name": self.pairs[index].name}
+        return {**{k: _to_tensor(pixels_to_float(image)) for k, image in images.items()}, "name": self.pairs[index].name}

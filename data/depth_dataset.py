@@ -138,9 +138,10 @@ class DepthPairedDataset(PairedDataset):
                    center_crop=dataset.center_crop, cache=dataset.cache)
 
     def _load(self, index):
-        input_image, target_image = map(pixels_to_float, super()._load(index))
-        depth = self.depth_cache.get_or_compute(self.pairs[index].input, input_image)
-        return np.concatenate([input_image, depth[..., None]], axis=2), target_image
+        images = {key: pixels_to_float(image) for key, image in super()._load(index).items()}
+        depth = self.depth_cache.get_or_compute(self.pairs[index].input, images["input"])
+        images["input"] = np.concatenate([images["input"], depth[..., None]], axis=2)
+        return images
 
     def __getitem__(self, key):
         sample = super().__getitem__(key)

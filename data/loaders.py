@@ -139,10 +139,11 @@ class ResumableBatchSampler(torch.utils.data.Sampler):
     would have seen, and accumulating N micro-batches of B draws what one batch of N*B would.
     """
 
-    def __init__(self, num_items, schedule, seed, start_step=0, grad_accum=1):
+    def __init__(self, num_items, schedule, seed, start_step=0, grad_accum=1, stream=None):
         if grad_accum < 1:
             raise ValueError(f"grad_accum must be >= 1, got {grad_accum}")
-        self.stream = ResumableSampler(num_items, 1, seed)
+        # `stream`: another source of draws with the same `draws(first_draw)` (a curriculum)
+        self.stream = stream or ResumableSampler(num_items, 1, seed)
         self.schedule, self.start_step, self.grad_accum = schedule, start_step, grad_accum
 
     def __iter__(self):
@@ -157,16 +158,17 @@ class ResumableBatchSampler(torch.utils.data.Sampler):
 
 
 def train_batches(dataset, batch_size, seed, start_step=0, workers=4, pin_memory=False, grad_accum=1,
-                  schedule=None):
+                  schedule=None, stream=None):
     """Infinite iterator of training micro-batches (dicts of stacked tensors plus a list of names).
 
     Optimizer step k takes `grad_accum` micro-batches of `batch_size` images, or of the crop and batch
     size a :class:`PatchSchedule` `schedule` gives step k. They depend only on (dataset, batch size or
     schedule, grad_accum, seed, k), not on `workers` nor on whether the run was resumed: pass the
-    optimizer step to resume from as `start_step`. Every batch is full.
+    optimizer step to resume from as `start_step`. Every batch is full. `stream` replaces the uniform
+    epoch-by-epoch draws (e.g. :class:`data.curriculum.CurriculumStream`).
     """
     schedule = schedule or PatchSchedule.constant(batch_size)
-    sampler = ResumableBatchSampler(len(dataset), schedule, seed, start_step, grad_accum)
+    sampler = ResumableBatchSampler(len(dataset), schedule, seed, start_step, grad_accum, stream)
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_sampler=sampler,

@@ -193,7 +193,9 @@ class PreprocessedDataset(PairedDataset):
         self.steps = _steps(steps)
 
     def _load(self, index):
-        return apply_pipeline_pair(self.steps, *map(pixels_to_float, super()._load(index)))
+        images = {key: pixels_to_float(image) for key, image in super()._load(index).items()}
+        images["input"], images["target"] = apply_pipeline_pair(self.steps, images["input"], images["target"])
+        return images
 
 
 def preprocessed(dataset: PairedDataset, steps) -> PreprocessedDataset:

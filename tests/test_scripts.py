@@ -5,7 +5,8 @@ enhance.py's loader; and a few steps on a fixed batch lower its loss.
 The smoke command is read from the script's docstring (the lines after 'CPU smoke test'), so the
 command a user copies is the one that is tested. The test adds --data (unless the command names it),
 --workers 0, and replaces the /tmp/smoke output folder with a temporary one; a DATA token in the
-command stands for the tiny dataset.
+command stands for the tiny dataset, a BACKBONE token (the refiner recipes' frozen backbone) for a
+tiny Restormer run folder (tests/conftest.py's ``tiny_restormer_checkpoint``).
 """
 import ast
 import importlib.util
@@ -45,9 +46,11 @@ def load_script(script: Path):
     return module
 
 
-def materialise(tokens: list, data: Path, out: Path) -> list:
+def materialise(tokens: list, data: Path, out: Path, request=None) -> list:
     argv = []
     for token in tokens:
+        if token == "BACKBONE":
+            token = str(request.getfixturevalue("tiny_restormer_checkpoint").parent)
         token = token.replace("DATA", str(data))
         if token.startswith("/tmp/smoke"):
             token = str(out) + token[len("/tmp/smoke"):]
@@ -66,9 +69,9 @@ def checkpoint_steps(out: Path) -> list:
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.stem)
-def test_smoke_run_and_resume(script, tiny_pairs, tmp_path):
+def test_smoke_run_and_resume(script, tiny_pairs, tmp_path, request):
     out = tmp_path / "run"
-    argv = materialise(smoke_command(script), tiny_pairs, out)
+    argv = materialise(smoke_command(script), tiny_pairs, out, request)
     module = load_script(script)
     module.main(argv)
     steps = int(flag_value(argv, "--steps"))
@@ -94,7 +97,7 @@ def test_smoke_run_and_resume(script, tiny_pairs, tmp_path):
 
 
 @pytest.mark.parametrize("script", [s for s in SCRIPTS if "train_batches" in s.read_text()], ids=lambda p: p.stem)
-def test_loss_decreases_on_a_fixed_batch(script, tiny_pairs, tmp_path, monkeypatch):
+def test_loss_decreases_on_a_fixed_batch(script, tiny_pairs, tmp_path, monkeypatch, request):
     module = load_script(script)
     fixed = {}
 
@@ -105,7 +108,7 @@ def test_loss_decreases_on_a_fixed_batch(script, tiny_pairs, tmp_path, monkeypat
 
     monkeypatch.setattr(utils.run, "train_batches", fixed_batches)  # what Run.train_batches calls
     out = tmp_path / "run"
-    argv = materialise(smoke_command(script), tiny_pairs, out)
+    argv = materialise(smoke_command(script), tiny_pairs, out, request)
     overrides = {"--steps": "12", "--log-every": "1", "--val-every": "100", "--save-every": "100",
                  "--warmup": "1", "--grad-clip": "0", "--lr": "1e-3", "--ema": "0"}
     for flag, value in overrides.items():

@@ -44,6 +44,7 @@ from models.gain import GainRestormer  # noqa: E402
 from models.hat import HAT  # noqa: E402
 from models.mambair import MambaIR, MambaIRUNet  # noqa: E402
 from models.nafnet import NAFNet  # noqa: E402
+from models.refiner import ColorRefiner  # noqa: E402
 from models.restormer import Restormer  # noqa: E402
 from models.retinexformer import RetinexFormer  # noqa: E402
 from models.retinexmamba import RetinexMamba  # noqa: E402
@@ -61,6 +62,7 @@ MODELS = {
                                 dec_blk_nums=[1, 1, 1])),
     "nafnet": (NAFNet, dict(width=32, middle_blk_num=12, enc_blk_nums=[2, 2, 4, 8], dec_blk_nums=[2, 2, 2, 2]),
                dict(width=8, middle_blk_num=1, enc_blk_nums=[1, 1], dec_blk_nums=[1, 1])),
+    "color_refiner": (ColorRefiner, {}, dict(width=8, num_blocks=1)),
     "retinexformer": (RetinexFormer, dict(n_feat=40, stage=1, num_blocks=[1, 2, 2]),
                       dict(n_feat=8, stage=1, num_blocks=[1, 1, 1])),
     "retinexmamba": (RetinexMamba, dict(n_feat=40, stage=1, num_blocks=[1, 2, 2]),
@@ -200,9 +202,9 @@ def bench_model(name, model, args, device, peak_flops):
     """One table row for ``model`` (already built) at the run's crop, batch and dtype."""
     amp_dtype = AMP_DTYPES[args.amp]
     generator = torch.Generator().manual_seed(0)
-    shape = (args.batch, 3, args.crop, args.crop)
-    inputs = torch.rand(shape, generator=generator).to(device)
-    targets = torch.rand(shape, generator=generator).to(device)
+    in_channels = model.conv_in.in_channels if isinstance(model, ColorRefiner) else 3  # photo + base output
+    inputs = torch.rand(args.batch, in_channels, args.crop, args.crop, generator=generator).to(device)
+    targets = torch.rand(args.batch, 3, args.crop, args.crop, generator=generator).to(device)
     if args.channels_last:
         inputs = inputs.contiguous(memory_format=torch.channels_last)
     parameters = sum(p.numel() for p in model.parameters())

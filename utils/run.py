@@ -95,12 +95,14 @@ class Run:
         self.logger = MetricsLogger(self.dir)
         write_config(self.dir, state.config)
 
-    def train_batches(self, dataset, seed: int = None, workers: int = None, progressive: bool = True):
+    def train_batches(self, dataset, seed: int = None, workers: int = None, progressive: bool = True,
+                      stream=None):
         """The training micro-batches of the shared flags (--batch-size, --grad-accum, --progressive,
         --seed, --workers; pinned memory on CUDA) from this run's step on: see
         :func:`data.loaders.train_batches`. --progressive stages count from the run's first step and
         'official' scales to its length (each phase of a two-phase script gets the whole schedule);
-        ``progressive=False``: a script whose samples have a fixed size refuses the flag."""
+        ``progressive=False``: a script whose samples have a fixed size refuses the flag; ``stream``:
+        the draws' source (default uniform epochs; e.g. :class:`data.curriculum.CurriculumStream`)."""
         args = self.args
         if args.progressive and not progressive:
             raise ValueError(f"--progressive: {args.script} trains on fixed-size samples (diffusion latents); "
@@ -111,7 +113,7 @@ class Run:
                              start_step=self.step - self.first_step,
                              workers=args.workers if workers is None else workers,
                              pin_memory=self.device.type == "cuda", grad_accum=args.grad_accum,
-                             schedule=self.schedule)
+                             schedule=self.schedule, stream=stream)
 
     @contextlib.contextmanager
     def training(self, val_loader):

@@ -77,14 +77,16 @@ SCHEDULES = ("cosine", "multistep")
 
 
 def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float,
-                    betas=(0.9, 0.999), kind: str = "adamw") -> torch.optim.Optimizer:
+                    betas=(0.9, 0.999), kind: str = "adamw", extra_groups=()) -> torch.optim.Optimizer:
     """AdamW (decoupled weight decay) or Adam (L2 weight decay, BasicSR's recipes) over the trainable
     parameters; the fused kernel (CPU and CUDA) also lets :class:`TrainStep` skip a bad step without
-    a host sync."""
+    a host sync. ``extra_groups``: further param-group dicts (e.g. a loss's learned weights with
+    their own lr), stepped, scheduled and clipped together with the model's."""
     if kind not in OPTIMIZERS:
         raise ValueError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {kind!r}")
     params = [p for p in model.parameters() if p.requires_grad]
-    return OPTIMIZERS[kind](params, lr=lr, weight_decay=weight_decay, betas=betas, fused=True)
+    groups = [{"params": params}] + [dict(group) for group in extra_groups]
+    return OPTIMIZERS[kind](groups, lr=lr, weight_decay=weight_decay, betas=betas, fused=True)
 
 
 def cosine_with_warmup(optimizer, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.01):
@@ -306,19 +308,20 @@ class TrainStep:
 def make_train_step(model: torch.nn.Module, args, device: torch.device, *, lr: float = None,
                     total_steps: int = None, weight_decay: float = None, betas=(0.9, 0.999),
                     warmup: int = None, grad_clip: float = None, ema: bool = True,
-                    min_lr_ratio: float = 0.01, scheduler=None) -> TrainStep:
+                    min_lr_ratio: float = 0.01, scheduler=None, extra_groups=()) -> TrainStep:
     """The shared optimisation recipe from the shared flags: fused AdamW (--lr, --weight-decay),
     linear warm-up (--warmup) then cosine decay over --steps, loss scaling for --amp fp16 only,
     gradient clipping (--grad-clip) and EMA weights (--ema DECAY, 0: off). A script that adds
     :func:`utils.cli.add_schedule_args` may choose Adam (--optimizer) and a multi-step decay
     (--schedule multistep, --milestones as fractions of the steps, --lr-gamma). Keyword arguments
     override a flag for a second network or a second training phase; ``scheduler(optimizer)``
-    replaces the flag-chosen schedule (e.g. :func:`cosine_restarts`). --grad-accum micro-batches make
-    one step; pass the DDP-wrapped model (optionally compiled) to skip the all-reduce of the first N-1
-    (``args`` built by hand without ``grad_accum`` mean 1)."""
+    replaces the flag-chosen schedule (e.g. :func:`cosine_restarts`); ``extra_groups`` see
+    :func:`build_optimizer`. --grad-accum micro-batches make one step; pass the DDP-wrapped model
+    (optionally compiled) to skip the all-reduce of the first N-1 (``args`` built by hand without
+    ``grad_accum`` mean 1)."""
     optimizer = build_optimizer(model, args.lr if lr is None else lr,
                                 args.weight_decay if weight_decay is None else weight_decay, betas=betas,
-                                kind=getattr(args, "optimizer", "adamw"))
+                                kind=getattr(args, "optimizer", "adamw"), extra_groups=extra_groups)
     total_steps = args.steps if total_steps is None else total_steps
     warmup = args.warmup if warmup is None else warmup
     schedule = getattr(args, "schedule", "cosine")
