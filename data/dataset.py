@@ -3,7 +3,7 @@
 import numpy as np
 import torch
 
-from data.io import read_image
+from data.io import pixels_to_float, read_pixels
 
 
 def _crop_size(value, option):
@@ -47,14 +47,15 @@ class PairedDataset(torch.utils.data.Dataset):
         reflect-padded (both identically) up to its size.
     augment: one of the 8 flips / 90-degree rotations, chosen at random, applied to both images.
     center_crop: int or (h, w): deterministic centred window for validation, clamped to the image.
-    cache: keep decoded images in memory. Each DataLoader worker process holds its own cache, so
-        memory grows with workers x dataset size (a 7 MP pair takes ~170 MB as float32).
+    cache: a `data.pixel_cache.PixelCache`, or None to decode the photos for every sample. With it
+        each photo is decoded once, a crop reads only its rows from the memory-mapped pixels, and
+        only the crop is converted to float.
     aligned: further images aligned with the pairs, ``{key: [one path per pair]}`` (e.g. a frozen
         backbone's outputs): each must have its pair's size, goes through the same crop, padding and
         augmentation, and comes out under ``key``.
     """
 
-    def __init__(self, pairs, crop=None, augment=False, center_crop=None, cache=False, aligned=None):
+    def __init__(self, pairs, crop=None, augment=False, center_crop=None, cache=None, aligned=None):
         self.pairs = list(pairs)
         self.aligned = {key: list(paths) for key, paths in (aligned or {}).items()}
         for key, paths in self.aligned.items():
@@ -65,27 +66,25 @@ class PairedDataset(torch.utils.data.Dataset):
         if self.crop is not None and self.center_crop is not None:
             raise ValueError("give either crop (training) or center_crop (validation), not both")
         self.augment = augment
-        self.cache = {} if cache else None
+        self.cache = cache
 
     def __len__(self):
         return len(self.pairs)
 
     def _load(self, index):
-        """Decoded arrays of pair `index` by key (input, target, the aligned images), from the cache
-        when enabled."""
-        if self.cache is not None and index in self.cache:
-            return self.cache[index]
+        """Pixels of pair `index` by key (input, target, the aligned images): uint8/uint16 arrays,
+        memory-mapped when cached. Subclasses may return float32 arrays instead (a pipeline over whole
+        photos); the crop is converted to float either way."""
         pair = self.pairs[index]
         paths = {"input": pair.input, "target": pair.target, **{key: paths[index] for key, paths in self.aligned.items()}}
-        images = {key: read_image(path) for key, path in paths.items()}
+        read = read_pixels if self.cache is None else self.cache.read
+        images = {key: read(path) for key, path in paths.items()}
         for key, image in images.items():
             if image.shape != images["input"].shape:
                 raise ValueError(
                     f"pair '{pair.name}': input '{pair.input}' is {images['input'].shape[0]}x{images['input'].shape[1]} "
                     f"but {key} '{paths[key]}' is {image.shape[0]}x{image.shape[1]} (height x width)"
                 )
-        if self.cache is not None:
-            self.cache[index] = images
         return images
 
     def __getitem__(self, key):
@@ -122,4 +121,4 @@ class PairedDataset(torch.utils.data.Dataset):
                 images = {k: image.transpose(1, 0, 2) for k, image in images.items()}
             images = {k: np.rot90(image, variant % 4) for k, image in images.items()}
 
-        return {**{k: _to_tensor(image) for k, image in images.items()}, "name": self.pairs[index].name}
+        return {**{k: _to_tensor(pixels_to_float(image)) for k, image in images.items()}, "name": self.pairs[index].name}

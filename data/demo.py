@@ -32,6 +32,7 @@ import numpy as np
 import skimage.data
 
 from data.io import DiskFullError, is_disk_full
+from data.pixel_cache import cache_root
 
 DEMO_VERSION = 1
 DEFAULT_SIZE = (192, 256)
@@ -717,8 +718,7 @@ def _check_size(size) -> tuple[int, int]:
 
 def default_cache_root(seed: int = 0) -> Path:
     """``$REHDR_CACHE/demo-v<DEMO_VERSION>-seed<seed>``; REHDR_CACHE defaults to ``~/.cache/realestate-hdr``."""
-    cache = Path(os.environ.get("REHDR_CACHE", Path.home() / ".cache" / "realestate-hdr")).expanduser()
-    return cache / f"demo-v{DEMO_VERSION}-seed{seed}"
+    return cache_root() / f"demo-v{DEMO_VERSION}-seed{seed}"
 
 
 def _manifest(seed: int, num_train: int, num_val: int, size: tuple[int, int]) -> dict:

@@ -18,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 from .dataset import PairedDataset
-from .io import atomic_destination, read_image
+from .io import atomic_destination, pixels_to_float, read_image
 
 
 def _as_rgb_batch(rgb_full_image: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -135,12 +135,13 @@ class DepthPairedDataset(PairedDataset):
     def like(cls, dataset: PairedDataset, depth_cache) -> "DepthPairedDataset":
         """The same pairs, crop, augmentation and caching as ``dataset``, plus depth."""
         return cls(dataset.pairs, depth_cache, crop=dataset.crop, augment=dataset.augment,
-                   center_crop=dataset.center_crop, cache=dataset.cache is not None)
+                   center_crop=dataset.center_crop, cache=dataset.cache)
 
     def _load(self, index):
-        input_image, target_image = super()._load(index)
-        depth = self.depth_cache.get_or_compute(self.pairs[index].input, input_image)
-        return np.concatenate([input_image, depth[..., None]], axis=2), target_image
+        images = {key: pixels_to_float(image) for key, image in super()._load(index).items()}
+        depth = self.depth_cache.get_or_compute(self.pairs[index].input, images["input"])
+        images["input"] = np.concatenate([images["input"], depth[..., None]], axis=2)
+        return images
 
     def __getitem__(self, key):
         sample = super().__getitem__(key)

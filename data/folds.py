@@ -9,6 +9,7 @@ out of every fold: a held-out set on which the fold models and their ensemble ca
 """
 import numpy as np
 
+from .build import pixel_cache_from_args
 from .dataset import PairedDataset
 from .pairs import _pair_order, check_pairs, resolve_datasets_pairs
 
@@ -50,8 +51,9 @@ def build_fold_datasets(args, num_folds: int, target_aliases=None):
     splits = kfold_split(train_pairs, num_folds, args.seed)
     print(f"data: {len(train_pairs)} pairs in {num_folds} folds of "
           f"{'/'.join(str(len(val)) for _, val in splits)}, {len(holdout_pairs)} held-out pairs, from {args.data}")
-    folds = [(PairedDataset(train, crop=args.crop, augment=True, cache=args.cache),
-              PairedDataset(val, center_crop=args.val_crop or None, cache=args.cache)) for train, val in splits]
-    holdout = (PairedDataset(holdout_pairs, center_crop=args.val_crop or None, cache=args.cache)
+    cache = pixel_cache_from_args(args)
+    folds = [(PairedDataset(train, crop=args.crop, augment=True, cache=cache),
+              PairedDataset(val, center_crop=args.val_crop or None, cache=cache)) for train, val in splits]
+    holdout = (PairedDataset(holdout_pairs, center_crop=args.val_crop or None, cache=cache)
                if holdout_pairs else None)
     return folds, holdout

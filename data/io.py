@@ -133,8 +133,8 @@ def _stored_orientation(image, path):
     return orientation if orientation in range(1, 9) else 1
 
 
-def read_image(path):
-    """Decode an image file into a float32 HxWx3 RGB array in [0, 1], as it is meant to be displayed.
+def read_pixels(path):
+    """Decode an image file into a uint8 or uint16 HxWx3 RGB array (as stored), as it is meant to be displayed.
 
     Accepts JPEG, PNG and TIFF (8 or 16 bit) and WebP; grey images are expanded to 3 channels, alpha
     is dropped and the EXIF orientation is applied. Raises `ImageReadError` naming the file when it is
@@ -156,9 +156,21 @@ def read_image(path):
     # OpenCV's TIFF decoder applies the TIFF orientation tag by itself, whatever the flags say.
     if file_format != "TIFF" and orientation in _ORIENTATION_TRANSFORMS:
         pixels = _ORIENTATION_TRANSFORMS[orientation](pixels)
-    rgb = cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB).astype(np.float32)
+    return cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB)
+
+
+def pixels_to_float(pixels):
+    """uint8/uint16 (or already float32) pixels -> float32 in [0, 1]; only the given window is converted."""
+    if pixels.dtype == np.float32:
+        return pixels
+    rgb = pixels.astype(np.float32)
     rgb *= np.float32(1.0 / np.iinfo(pixels.dtype).max)
     return rgb
+
+
+def read_image(path):
+    """Decode an image file into a float32 HxWx3 RGB array in [0, 1] (see `read_pixels`)."""
+    return pixels_to_float(read_pixels(path))
 
 
 def read_image_size(path):

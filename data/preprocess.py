@@ -32,6 +32,7 @@ import cv2
 import numpy as np
 
 from .dataset import PairedDataset
+from .io import pixels_to_float
 
 FLAG = "--preprocess"
 DENOISE_METHODS = ("bilateral", "nlmeans")
@@ -184,23 +185,20 @@ def apply_pipeline_pair(steps, inp: np.ndarray, target: np.ndarray):
 
 class PreprocessedDataset(PairedDataset):
     """A :class:`data.dataset.PairedDataset` whose pairs go through a pipeline as they are decoded
-    (in the DataLoader workers, on whole images, before the crop; with ``cache`` the preprocessed
-    images are what is kept)."""
+    (in the DataLoader workers, on whole images, before the crop; with ``cache`` the decoded pixels
+    come from the pixel cache and the pipeline runs on them for each sample)."""
 
     def __init__(self, steps, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.steps = _steps(steps)
 
     def _load(self, index):
-        if self.cache is not None and index in self.cache:
-            return self.cache[index]
-        pair = apply_pipeline_pair(self.steps, *super()._load(index))
-        if self.cache is not None:
-            self.cache[index] = pair
-        return pair
+        images = {key: pixels_to_float(image) for key, image in super()._load(index).items()}
+        images["input"], images["target"] = apply_pipeline_pair(self.steps, images["input"], images["target"])
+        return images
 
 
 def preprocessed(dataset: PairedDataset, steps) -> PreprocessedDataset:
     """The same pairs, crop, augmentation and caching as ``dataset``, with the pipeline applied."""
     return PreprocessedDataset(steps, dataset.pairs, crop=dataset.crop, augment=dataset.augment,
-                               center_crop=dataset.center_crop, cache=dataset.cache is not None)
+                               center_crop=dataset.center_crop, cache=dataset.cache)

@@ -518,18 +518,6 @@ def test_center_crop_is_centred_and_clamped(tmp_path):
         PairedDataset([], crop=0)
 
 
-def test_cache_keeps_decoded_images(tmp_path):
-    rgb8 = random_rgb8(8, 8)
-    pair = pair_on_disk(tmp_path, rgb8, rgb8)
-    dataset = PairedDataset([pair], cache=True)
-    first = dataset[0]
-    pair.input.unlink()
-    pair.target.unlink()
-    torch.testing.assert_close(dataset[0]["input"], first["input"])
-    with pytest.raises(ImageReadError):
-        PairedDataset([pair])[0]
-
-
 def test_dataset_rejects_pair_of_different_sizes(tmp_path):
     pair = pair_on_disk(tmp_path, random_rgb8(8, 8), random_rgb8(8, 9))
     with pytest.raises(ValueError, match=r"pair 'p'.*8x8 .*8x9"):

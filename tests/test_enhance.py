@@ -1,5 +1,7 @@
 """enhance.py and utils/inference.py: tiled == whole, bit depth / metadata / size kept, bad files skipped,
 ensembles, EMA weights, feature channels (depth once per photo) and preprocessing from the checkpoint."""
+import shutil
+
 import cv2
 import numpy as np
 import pytest
@@ -228,3 +230,15 @@ def test_enhancer_accepts_models_built_in_memory():
     np.testing.assert_array_equal(enhancer.enhance(photo), photo)
     with pytest.raises(ValueError, match="HxWx3"):
         enhancer.enhance(photo[..., 0])
+
+
+@pytest.mark.skipif(not (shutil.which("g++") or shutil.which("cc")), reason="torch.compile on CPU needs a C++ compiler")
+def test_compiled_enhancer_gives_the_eager_output(conv_checkpoint):
+    # a small convolutional net (the tiny Restormer compiles for over a minute); still ~1 min on 2 busy
+    # cores, most of it inductor building its C++ kernels: the only CPU check of the enhance compile path
+    photo = smooth_photo(24, 40)
+    eager = load_enhancer(conv_checkpoint, tile=0).enhance(photo)
+    enhancer = load_enhancer(conv_checkpoint, tile=0)
+    enhancer.compile()
+    assert enhancer.members[0].forward is not enhancer.members[0].model
+    np.testing.assert_allclose(enhancer.enhance(photo), eager, atol=1e-5)

@@ -8,6 +8,7 @@ import pytest
 from data.dataset import PairedDataset
 from data.io import read_image
 from data.pairs import ImagePair
+from data.pixel_cache import PixelCache
 from data.preprocess import (apply_pipeline, apply_pipeline_pair, denoise, gray_world, parse_pipeline,
                              preprocessed, resize_max_side)
 
@@ -113,12 +114,13 @@ def write_pair(folder, name="000.png"):
     return ImagePair(input=paths[0], target=paths[1], name="000")
 
 
-@pytest.mark.parametrize("cache", [False, True])
-def test_dataset_input_equals_the_inference_preprocessing(tmp_path, cache):
+@pytest.mark.parametrize("cached", [False, True])
+def test_dataset_input_equals_the_inference_preprocessing(tmp_path, cached):
     pair = write_pair(tmp_path)
     spec = "grayworld,denoise:method=nlmeans,resize:max_side=20"
+    cache = PixelCache(tmp_path / "pixels") if cached else None
     dataset = preprocessed(PairedDataset([pair], cache=cache), parse_pipeline(spec))
-    for _ in range(2):  # the second read comes from the cache when enabled
+    for _ in range(2):  # the second read comes from the pixel cache when enabled
         sample = dataset[0]
         photo = apply_pipeline(spec, read_image(pair.input))  # what enhance.py feeds the model
         assert np.array_equal(sample["input"].numpy().transpose(1, 2, 0), photo)

@@ -97,6 +97,41 @@ def test_ema_warmup_and_state_dict():
     assert not any(p.requires_grad for p in ema.module.parameters())
 
 
+class NetWithStaticMask(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.norm = torch.nn.BatchNorm2d(4)
+        self.register_buffer("mask", torch.ones(4, 1, 1))
+        self.register_buffer("scratch", torch.zeros(1), persistent=False)
+
+    def forward(self, x):
+        self.scratch = self.scratch + 1  # a buffer a module reassigns
+        return self.norm(self.conv(x)) * self.mask
+
+
+def test_ema_copies_buffers_that_change_and_skips_static_ones():
+    model = NetWithStaticMask().train()
+    ema = EMA(model, decay=0.9)
+    ema.module.mask.fill_(7.0)  # a sentinel: a copy of the static mask would overwrite it
+    for step in range(3):
+        model(torch.rand(2, 3, 8, 8) + step)
+        ema.update()
+        torch.testing.assert_close(ema.module.norm.running_mean, model.norm.running_mean)
+        torch.testing.assert_close(ema.module.norm.running_var, model.norm.running_var)
+        assert ema.module.norm.num_batches_tracked == model.norm.num_batches_tracked == step + 1
+        assert ema.module.scratch.item() == model.scratch.item() == step + 1
+    assert (ema.module.mask == 7.0).all()
+    with torch.no_grad():
+        model.mask.mul_(2.0)  # an in-place write to a buffer is followed too
+    ema.update()
+    assert (ema.module.mask == 2.0).all()
+    ema.module.norm.running_mean.zero_()
+    ema.load_state_dict(ema.state_dict(), num_updates=ema.num_updates)
+    ema.update()  # after a resume every buffer is copied once
+    torch.testing.assert_close(ema.module.norm.running_mean, model.norm.running_mean)
+
+
 def test_loss_tracker_means():
     tracker = LossTracker()
     tracker.update({"loss": torch.tensor(1.0), "l1": torch.tensor(0.5)})

@@ -36,7 +36,12 @@ def base_parser(description: str, **defaults) -> argparse.ArgumentParser:
     data.add_argument("--val-tile", type=int, default=0,
                       help="validate large images in tiles of this size (0: whole images)")
     data.add_argument("--workers", type=int, default=4, help="DataLoader worker processes for decoding")
-    data.add_argument("--cache", action="store_true", help="keep decoded images in memory (per worker)")
+    data.add_argument("--cache", action="store_true",
+                      help="decode each photo once into a memory-mapped pixel cache on disk, shared by all "
+                      "workers and runs; crops then read only their rows (folder: --cache-dir)")
+    data.add_argument("--cache-dir", default=None, metavar="DIR",
+                      help="pixel cache folder (default: $REHDR_CACHE/pixels, REHDR_CACHE defaulting to "
+                      "~/.cache/realestate-hdr)")
     train = parser.add_argument_group("training")
     train.add_argument("--steps", type=int, default=50_000, help="optimizer steps in total")
     train.add_argument("--batch-size", type=int, default=4, help=f"images per micro-batch ({OOM_HINT})")

@@ -128,6 +128,7 @@ class NetworkModel:
         if amp not in AMP_MODES:
             raise ValueError(f"--amp must be one of {', '.join(AMP_MODES)}, got {amp!r}")
         self.model = model.to(device).eval()
+        self.forward = self.model  # the compiled module after compile()
         self._set_pipeline(config, source, device, amp, tiling, used_ema, step,
                            math.lcm(TILE_MULTIPLE, getattr(model, "size_multiple", 1)), type(model).__name__)
 
@@ -159,6 +160,10 @@ class NetworkModel:
     @property
     def num_parameters(self) -> int:
         return sum(parameter.numel() for parameter in self.model.parameters())
+
+    def compile(self) -> None:
+        """Run the network through ``torch.compile`` (the first tile of each shape compiles)."""
+        self.forward = torch.compile(self.model)
 
     def describe(self) -> str:
         steps = f", step {self.step}" if self.step is not None else ""
@@ -196,7 +201,7 @@ class NetworkModel:
     def run_tiles(self, tiles: torch.Tensor) -> torch.Tensor:
         """The executor: (N, C, h, w) padded tiles on the device -> (N, 3, h, w) float32 in [0, 1]."""
         with autocast(self.device, self.amp):
-            return self.model(tiles).float().clamp(0, 1)
+            return self.forward(tiles).float().clamp(0, 1)
 
     @torch.no_grad()
     def predict(self, rgb: np.ndarray, photo_cache: dict = None) -> torch.Tensor:
@@ -263,6 +268,9 @@ class OnnxModel(NetworkModel):
         weights = "EMA weights" if self.used_ema else "weights"
         name = self.config["model"]["class"].rpartition(".")[2]
         return f"{name} (ONNX on onnxruntime {self.provider}, fp32, {weights}{steps}) from {self.source}"
+
+    def compile(self) -> None:
+        raise ValueError(f"--compile: {self.source} is an ONNX graph run by onnxruntime, which is not compiled")
 
     def run_tiles(self, tiles: torch.Tensor) -> torch.Tensor:
         array = np.ascontiguousarray(tiles.float().cpu().numpy())
@@ -430,6 +438,13 @@ class Enhancer:
     def num_parameters(self) -> int:
         return sum(member.num_parameters for member in self.members)
 
+    def compile(self) -> None:
+        """``torch.compile`` every member's network; a diffusion member refuses with one line."""
+        for member in self.members:
+            if not hasattr(member, "compile"):
+                raise ValueError(f"--compile: {member.describe()} is a diffusion pipeline, which is not compiled")
+            member.compile()
+
     def describe(self) -> str:
         if len(self.members) == 1:
             return self.members[0].describe()
@@ -507,6 +522,8 @@ def add_inference_args(parser: argparse.ArgumentParser, checkpoint: str = "optio
     group.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, ...")
     group.add_argument("--amp", choices=AMP_MODES, default=None,
                        help="mixed precision (default: bf16 on CUDA, none on CPU; none is the most exact)")
+    group.add_argument("--compile", action="store_true",
+                       help="torch.compile the networks (pays off on CUDA over many tiles of one size)")
     diffusion = parser.add_argument_group("diffusion (ControlNet runs)")
     diffusion.add_argument("--denoise-steps", type=int, default=None,
                            help="denoising steps per tile (default: the run's --denoise-steps)")
@@ -523,6 +540,8 @@ def enhancer_from_args(args, checkpoints=None) -> Enhancer:
     enhancer = load_enhancer(checkpoints or args.checkpoint, device, resolve_amp(args.amp, device),
                              tile=args.tile, overlap=args.overlap, batch_size=batch_size,
                              sampling={"steps": args.denoise_steps, "seed": args.denoise_seed})
+    if getattr(args, "compile", False):
+        enhancer.compile()
     print(f"model: {enhancer.describe()}")
     return enhancer
 

@@ -166,18 +166,43 @@ class EMA:
         self.source = unwrap_model(model)
         self.module = copy.deepcopy(self.source).eval().requires_grad_(False)
         self.num_updates = 0
+        # Running statistics are written by the normalisation kernels without bumping the version
+        # counter, so they are copied at every update.
+        self._running_stats = {
+            f"{prefix}.{name}" if prefix else name
+            for prefix, module in self.source.named_modules() if getattr(module, "track_running_stats", False)
+            for name, _ in module.named_buffers(recurse=False)
+        }
+        self._copied_buffers = self._buffer_versions()
+
+    def _buffer_versions(self) -> dict:
+        """name -> (source buffer, its storage address, its in-place version counter) as of now."""
+        return {name: (buffer, buffer.data_ptr(), buffer._version) for name, buffer in self.source.named_buffers()}
 
     @torch.no_grad()
     def update(self) -> None:
-        """Move the average towards the source model's current weights (buffers are copied)."""
+        """Move the average towards the source model's current weights; copy the buffers that changed.
+
+        Copied: running statistics (BatchNorm, InstanceNorm with track_running_stats) always, and any
+        other buffer a module reassigned or wrote in place since the last copy (in-place writes bump
+        a tensor's version counter; writes through ``.data`` do not and are not followed). Static
+        buffers (attention masks, position indices: ~75 MB in DAT) are not copied every step.
+        """
         self.num_updates += 1
         decay = min(self.decay, (1 + self.num_updates) / (10 + self.num_updates))
         source = self.source
         ema_params = [p for p in self.module.parameters()]
         model_params = [p.detach() for p in source.parameters()]
         torch._foreach_lerp_(ema_params, model_params, 1.0 - decay)
-        for ema_buffer, buffer in zip(self.module.buffers(), source.buffers()):
-            ema_buffer.copy_(buffer)
+        current = self._buffer_versions()
+        changed = [name for name, (buffer, address, version) in current.items()
+                   if name in self._running_stats or name not in self._copied_buffers
+                   or self._copied_buffers[name][0] is not buffer or self._copied_buffers[name][1:] != (address, version)]
+        if changed:
+            ema_buffers = dict(self.module.named_buffers())
+            for name in changed:
+                ema_buffers[name].copy_(current[name][0])
+        self._copied_buffers = current
 
     def state_dict(self) -> dict:
         return self.module.state_dict()
@@ -185,6 +210,7 @@ class EMA:
     def load_state_dict(self, state_dict: dict, num_updates: int) -> None:
         self.module.load_state_dict(state_dict)
         self.num_updates = num_updates
+        self._copied_buffers = {}  # the next update copies every buffer from the (resumed) source
 
 
 class TrainStep:
