@@ -83,24 +83,17 @@ def run_in_process(script: str, argv: list):
     return importlib.import_module(script).main(argv)
 
 
-# --------------------------------------------------------------------------- DDP
-
-@pytest.fixture(scope="module")
-def ddp_runs(photos, tmp_path_factory):
-    """Two processes x batch 1 for 2 steps on whole photos (--crop 0) with activation checkpointing,
-    then in-process: 1 x batch 2 for 2 and 3 steps, and the 2-process run resumed on 1 process to 3."""
-    tmp = tmp_path_factory.mktemp("ddp")
-    common = ["--data", str(photos), "--crop", "0", *TINY_RESTORMER, *TRAINING]
-    two = torchrun("train_restormer_ddp.py", [*common, "--batch-size", "1", "--steps", "2",
-                                              "--out", str(tmp / "two")], tmp)
+def engine_runs(script: str, argv: list, tmp: Path):
+    """``script`` with ``argv``: 2 processes x batch 1 for 2 steps under torchrun, then in-process
+    1 x batch 2 for 2 and 3 steps, and the 2-process run resumed on 1 process to step 3."""
+    two = torchrun(script, [*argv, "--batch-size", "1", "--steps", "2", "--out", str(tmp / "two")], tmp)
+    module = Path(script).stem
     for name, steps, extra in (("one_2", 2, []), ("one_3", 3, []), ("resumed", 3, ["--resume", str(tmp / "two")])):
-        run_in_process("train_restormer_ddp", [*common, "--batch-size", "2", "--steps", str(steps),
-                                               "--out", str(tmp / name), *extra])
+        run_in_process(module, [*argv, "--batch-size", "2", "--steps", str(steps), "--out", str(tmp / name), *extra])
     return tmp, two.stdout
 
 
-def test_ddp_two_processes_train_as_one_with_the_double_batch(ddp_runs):
-    tmp, _ = ddp_runs
+def check_equivalence(tmp: Path) -> None:
     two, one = weights(tmp / "two"), weights(tmp / "one_2")
     assert_same_weights(two, one)
     torch.manual_seed(0)  # the runs' initial weights (--seed 0): training moved them well beyond the tolerance
@@ -108,12 +101,35 @@ def test_ddp_two_processes_train_as_one_with_the_double_batch(ddp_runs):
     assert max((two[k] - initial[k]).abs().max().item() for k in two) > 2e-5
 
 
-def test_ddp_checkpoint_of_two_processes_resumes_on_one_as_the_uninterrupted_run(ddp_runs):
-    tmp, _ = ddp_runs
+def check_resume(tmp: Path) -> None:
     assert load_checkpoint(tmp / "resumed" / "last.pt")["step"] == 3
     assert_same_weights(weights(tmp / "resumed"), weights(tmp / "one_3"))
     two_step, three_step = weights(tmp / "two"), weights(tmp / "one_3")
     assert max((two_step[k] - three_step[k]).abs().max().item() for k in two_step) > 2e-5
+
+
+def check_enhances(checkpoint: Path) -> None:
+    photo = np.random.default_rng(0).random((37, 53, 3), dtype=np.float32)
+    enhanced = load_enhancer(checkpoint, tile=0).enhance(photo)
+    assert enhanced.shape == photo.shape and np.isfinite(enhanced).all()
+    assert 0 <= enhanced.min() and enhanced.max() <= 1 and np.abs(enhanced - photo).max() > 1e-3
+
+
+# --------------------------------------------------------------------------- DDP
+
+@pytest.fixture(scope="module")
+def ddp_runs(photos, tmp_path_factory):
+    """On whole photos (--crop 0) with activation checkpointing (the recipe's default)."""
+    return engine_runs("train_restormer_ddp.py", ["--data", str(photos), "--crop", "0", *TINY_RESTORMER, *TRAINING],
+                       tmp_path_factory.mktemp("ddp"))
+
+
+def test_ddp_two_processes_train_as_one_with_the_double_batch(ddp_runs):
+    check_equivalence(ddp_runs[0])
+
+
+def test_ddp_checkpoint_of_two_processes_resumes_on_one_as_the_uninterrupted_run(ddp_runs):
+    check_resume(ddp_runs[0])
 
 
 def test_ddp_run_folder_is_written_by_rank_0_only_with_the_plain_model_names(ddp_runs):
@@ -125,8 +141,41 @@ def test_ddp_run_folder_is_written_by_rank_0_only_with_the_plain_model_names(ddp
 
 
 def test_ddp_checkpoint_enhances_a_whole_photo(ddp_runs):
-    tmp, _ = ddp_runs
-    photo = np.random.default_rng(0).random((37, 53, 3), dtype=np.float32)
-    enhanced = load_enhancer(tmp / "two", tile=0).enhance(photo)
-    assert enhanced.shape == photo.shape and np.isfinite(enhanced).all()
-    assert 0 <= enhanced.min() and enhanced.max() <= 1 and np.abs(enhanced - photo).max() > 1e-3
+    check_enhances(ddp_runs[0] / "two")
+
+
+# --------------------------------------------------------------------------- FSDP2 + DCP
+
+@pytest.fixture(scope="module")
+def fsdp_runs(photos, tmp_path_factory):
+    """32-px crops, activation checkpointing inside the sharded blocks."""
+    return engine_runs("train_restormer_fsdp_512.py", ["--data", str(photos), "--crop", "32", "--grad-checkpoint",
+                                                        *TINY_RESTORMER, *TRAINING], tmp_path_factory.mktemp("fsdp"))
+
+
+def test_fsdp_two_processes_train_as_one_with_the_double_batch(fsdp_runs):
+    check_equivalence(fsdp_runs[0])
+
+
+def test_fsdp_dcp_checkpoint_of_two_processes_resumes_on_one_as_the_uninterrupted_run(fsdp_runs):
+    tmp, _ = fsdp_runs
+    saved = torch.load(tmp / "two" / "last.pt", weights_only=True)
+    assert saved["model"] is None and saved["sharded"] == "sharded/step_0000002"
+    shards = sorted(p.name for p in (tmp / "two" / saved["sharded"]).glob("*.distcp"))
+    assert shards == ["__0_0.distcp", "__1_0.distcp"]  # one file per rank: really sharded
+    check_resume(tmp)
+    assert [p.name for p in (tmp / "resumed" / "sharded").iterdir()] == ["step_0000003"]  # older shards removed
+
+
+def test_fsdp_run_folder_is_written_by_rank_0_only_with_the_plain_model_names(fsdp_runs):
+    tmp, stdout = fsdp_runs
+    assert_rank0_wrote_once(tmp / "two", stdout)
+    assert json.loads((tmp / "two" / "config.json").read_text())["world_size"] == 2
+    assert weights(tmp / "two").keys() == tiny_restormer().state_dict().keys()
+    best = load_checkpoint(tmp / "two" / "best.pt")  # the full validated weights: the final step's
+    assert_same_weights(best["model"], weights(tmp / "two"), atol=0)
+
+
+def test_fsdp_sharded_checkpoint_and_run_folder_enhance(fsdp_runs):
+    check_enhances(fsdp_runs[0] / "two" / "last.pt")
+    check_enhances(fsdp_runs[0] / "two")
