@@ -20,6 +20,7 @@ CPU smoke test (seconds):
 from data.build import build_datasets
 from data.loaders import val_loader
 from losses import CharbonnierLoss, CombinedLoss, HSVLoss
+from losses.color import SATURATION_FORMS
 from losses.histogram import HISTOGRAM_BINS, HistogramLoss
 from losses.lab import DeltaELoss
 from models.hat import HAT
@@ -54,6 +55,9 @@ def main(argv=None):
     parser.add_argument("--charbonnier-weight", type=float, default=1.0)
     parser.add_argument("--lab-weight", type=float, default=0.5, help="CIELAB dE76 / 100")
     parser.add_argument("--hsv-weight", type=float, default=0.1, help="HSV hue (chroma plane) + saturation + value")
+    parser.add_argument("--saturation-form", choices=SATURATION_FORMS, default="weighted",
+                        help="HSV saturation term: weighted by the prediction's value (bounded near black, "
+                             "issue 11) or the catalog's plain |dS|")
     parser.add_argument("--histogram-weight", type=float, default=0.2, help="per-channel histogram EMD")
     parser.add_argument("--histogram-bins", type=int, default=HISTOGRAM_BINS)
     args = parse_args(parser, argv, DEMO_BUDGET, script="train_hat")
@@ -81,7 +85,7 @@ def main(argv=None):
     criterion = CombinedLoss({
         "charbonnier": (args.charbonnier_weight, CharbonnierLoss()),
         "lab": (args.lab_weight, DeltaELoss()),
-        "hsv": (args.hsv_weight, HSVLoss()),
+        "hsv": (args.hsv_weight, HSVLoss(saturation_form=args.saturation_form)),
         "histogram": (args.histogram_weight, HistogramLoss(args.histogram_bins)),
     })
 

@@ -1,7 +1,10 @@
 """Restormer Base + L1 + window-aware + saturation loss on 512 crops: the catalog's best recipe.
 
 CATALOG.md "Restormer 512 Baseline": L1 (1.0) + window-aware L1 (0.5) + HSV saturation (0.3);
-best L1 0.0515, 23.57 dB PSNR, 0.9273 SSIM. Copy this file to start a new experiment.
+best L1 0.0515, 23.57 dB PSNR, 0.9273 SSIM. The saturation term is weighted by the prediction's
+value by default (losses/color.py: bounded gradient near black, where the catalog's plain |dS| costs
+the shadows; README "The saturation term"); --saturation-form catalog is the catalog's formula.
+Copy this file to start a new experiment.
 
 Usage:
     python train_restormer_512_combined_loss.py --data /path/to/pairs         # the real recipe
@@ -14,6 +17,7 @@ CPU smoke test (seconds):
 from data.build import build_datasets
 from data.loaders import val_loader
 from losses import CombinedLoss, L1Loss, SaturationLoss, WindowAwareLoss
+from losses.color import SATURATION_FORMS
 from losses.window import WINDOW_SOFTNESS, WINDOW_THRESHOLD
 from models.restormer import Restormer
 from utils.checkpoint import model_spec
@@ -34,6 +38,9 @@ def main(argv=None):
     parser.add_argument("--l1-weight", type=float, default=1.0)
     parser.add_argument("--window-weight", type=float, default=0.5)
     parser.add_argument("--saturation-weight", type=float, default=0.3)
+    parser.add_argument("--saturation-form", choices=SATURATION_FORMS, default="weighted",
+                        help="weighted: |dS| x the prediction's value, bounded gradient near black (issue 11); "
+                             "catalog: the catalog's plain |dS|")
     parser.add_argument("--window-threshold", type=float, default=WINDOW_THRESHOLD,
                         help="input luma above which a pixel counts as over-exposed (soft)")
     parser.add_argument("--window-softness", type=float, default=WINDOW_SOFTNESS)
@@ -54,7 +61,7 @@ def main(argv=None):
     criterion = CombinedLoss({
         "l1": (args.l1_weight, L1Loss()),
         "window": (args.window_weight, WindowAwareLoss(args.window_threshold, args.window_softness)),
-        "saturation": (args.saturation_weight, SaturationLoss()),
+        "saturation": (args.saturation_weight, SaturationLoss(args.saturation_form)),
     })
 
     # --- optimizer: AdamW + cosine warm-up, EMA, fp16 loss scaling, clipping, non-finite guard ----

@@ -19,9 +19,10 @@ On CUDA with ``mamba_ssm`` importable, its fused kernel runs. Otherwise ``select
 pure-PyTorch scan that is parallel over the sequence and bounded in memory:
 
 * the sequence is cut into segments of at most ``segment_elements`` state values (batch x dim x N x
-  length); the state is carried from one segment to the next. While training, each segment is
-  recomputed in the backward pass (activation checkpointing), so what stays saved is linear in L
-  and small: the inputs and one (batch, dim, N) state per segment;
+  length); the state is carried from one segment to the next. While training, each segment of a
+  scan larger than ``RECOMPUTE_ELEMENTS`` is recomputed in the backward pass (activation
+  checkpointing), so what stays saved is linear in L and small: the inputs and one (batch, dim, N)
+  state per segment;
 * inside a segment, all chunks of ``chunk_size`` steps are scanned at once from a zero state (one
   vectorised step per position of a chunk, so ``chunk_size`` Python steps whatever L is), the chunks'
   end states are combined by a Hillis-Steele (associative) scan over the chunks (log2 of their count
@@ -39,12 +40,16 @@ from torch.utils.checkpoint import checkpoint
 
 # Steps of a chunk: Python steps per segment (the chunks of a segment run side by side).
 CHUNK_SIZE = 32
-# Largest segment, in state values (batch * dim * N * steps): 2**25 float32 = 128 MiB per tensor.
-SEGMENT_ELEMENTS = 2 ** 25
+# Largest segment, in state values (batch * dim * N * steps), per device type: on a GPU 2**25 float32
+# (128 MiB per tensor, few kernel launches); on a CPU 2**22 (16 MiB), which stays closer to the caches.
+SEGMENT_ELEMENTS = {"cuda": 2 ** 25, "cpu": 2 ** 22}
+# Scans with more state values than this recompute their segments in the backward pass (below it, the
+# saved graph is a few MiB).
+RECOMPUTE_ELEMENTS = 2 ** 20
 
 
 @functools.lru_cache(maxsize=1)
-def _mamba_ssm_scan():
+def mamba_ssm_scan():
     """mamba_ssm's fused CUDA scan, or None where the package is not installed (or does not load)."""
     try:
         from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
@@ -58,10 +63,47 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     """Selective scan with mamba_ssm's ``selective_scan_fn`` semantics (see the module docstring):
     mamba_ssm's kernel for CUDA tensors when installed, else :func:`selective_scan_torch`."""
     if u.is_cuda:
-        fused = _mamba_ssm_scan()
+        fused = mamba_ssm_scan()
         if fused is not None:
             return fused(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
     return selective_scan_torch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+
+
+def selective_scan_naive(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                         return_last_state=False):
+    """The recurrence one Python step per position, as mamba_ssm's ``selective_scan_ref`` spells it
+    out: the reference the parallel scan is tested and benchmarked against (slow; memory grows with
+    every step it keeps for the backward pass)."""
+    dtype_in = u.dtype
+    with torch.autocast(u.device.type, enabled=False):
+        u, delta = u.float(), delta.float()
+        if delta_bias is not None:
+            delta = delta + delta_bias.float()[:, None]
+        if delta_softplus:
+            delta = F.softplus(delta)
+        batch, dim, length = u.shape
+
+        def per_channel(matrix):  # -> (batch, dim, N, L)
+            matrix = matrix.float()
+            if matrix.dim() == 2:
+                return matrix[None, :, :, None].expand(batch, dim, -1, length)
+            if matrix.dim() == 3:
+                return matrix[:, None].expand(batch, dim, -1, length)
+            return matrix.repeat_interleave(dim // matrix.shape[1], dim=1)
+
+        B, C, A = per_channel(B), per_channel(C), A.float()
+        state = u.new_zeros(batch, dim, A.shape[1])
+        ys = []
+        for t in range(length):
+            state = torch.exp(delta[:, :, t, None] * A) * state + delta[:, :, t, None] * B[..., t] * u[:, :, t, None]
+            ys.append((state * C[..., t]).sum(-1))
+        out = torch.stack(ys, dim=-1)
+        if D is not None:
+            out = out + u * D.float()[:, None]
+        if z is not None:
+            out = out * F.silu(z.float())
+    out = out.to(dtype_in)
+    return (out, state) if return_last_state else out
 
 
 def _shift_combine(decay, value, step, dim):
@@ -135,8 +177,11 @@ def _grouped(matrix, name, batch, groups, per_group, length):
 
 
 def selective_scan_torch(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                         return_last_state=False, chunk_size=CHUNK_SIZE, segment_elements=SEGMENT_ELEMENTS):
-    """The pure-PyTorch selective scan (any device); arguments and result as :func:`selective_scan`."""
+                         return_last_state=False, chunk_size=CHUNK_SIZE, segment_elements=None):
+    """The pure-PyTorch selective scan (any device); arguments and result as :func:`selective_scan`.
+
+    ``segment_elements`` bounds the state values scanned at once (default: ``SEGMENT_ELEMENTS`` of the
+    device type, the CPU's for devices not listed); ``chunk_size`` is the steps of a chunk."""
     if A.is_complex():
         raise ValueError("selective_scan_torch supports real A only")
     dtype_in = u.dtype
@@ -161,9 +206,12 @@ def selective_scan_torch(u, delta, A, B, C, D=None, z=None, delta_bias=None, del
         B5 = _grouped(B, "B", batch, groups, per_group, length)
         C5 = _grouped(C, "C", batch, groups, per_group, length)
         state = u.new_zeros(batch, groups, per_group, 1, A.shape[1])
+        if segment_elements is None:
+            segment_elements = SEGMENT_ELEMENTS.get(u.device.type, SEGMENT_ELEMENTS["cpu"])
         segment = max(chunk_size, segment_elements // max(1, batch * dim * A.shape[1]) // chunk_size * chunk_size)
-        recompute = torch.is_grad_enabled() and any(
-            t is not None and t.requires_grad for t in (u, delta, A, B, C))
+        # Small scans keep their graph: recomputing would cost more time than their memory is worth.
+        recompute = batch * dim * A.shape[1] * length > RECOMPUTE_ELEMENTS and torch.is_grad_enabled() and any(
+            t.requires_grad for t in (u, delta, A, B, C))
         ys = []
         for start in range(0, length, segment):
             stop = min(start + segment, length)

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from losses import CharbonnierLoss, CombinedLoss, HSVLoss, L1Loss, SaturationLoss, WindowAwareLoss, overexposure_mask
+from losses.color import SATURATION_FORMS
 from losses.colorspace import chroma_plane, luminance, rgb_to_hsv
 
 EXTREMES = {
@@ -12,7 +13,8 @@ EXTREMES = {
     "red": torch.tensor([1.0, 0.0, 0.0]).view(1, 3, 1, 1).expand(1, 3, 8, 8).clone(),
     "blue": torch.tensor([0.0, 0.0, 1.0]).view(1, 3, 1, 1).expand(1, 3, 8, 8).clone(),
 }
-ALL_LOSSES = [L1Loss(), CharbonnierLoss(), WindowAwareLoss(), SaturationLoss(), HSVLoss()]
+ALL_LOSSES = [L1Loss(), CharbonnierLoss(), WindowAwareLoss(), SaturationLoss(), SaturationLoss("catalog"), HSVLoss(),
+              HSVLoss(saturation_form="catalog")]
 
 
 def test_pixel_losses_known_values():
@@ -35,10 +37,60 @@ def test_luminance_and_chroma_plane():
     assert chroma_plane(torch.full((1, 3, 2, 2), 0.5)).abs().max().item() == pytest.approx(0.0)
 
 
-def test_saturation_loss_known_value():
+def test_saturation_loss_known_values_of_both_forms():
     grey, red = torch.full((1, 3, 4, 4), 0.5), EXTREMES["red"][:, :, :4, :4]
-    assert SaturationLoss()(grey, red).item() == pytest.approx(1.0)
-    assert SaturationLoss()(red, red).item() == pytest.approx(0.0)
+    pink = torch.tensor([0.5, 0.25, 0.25]).view(1, 3, 1, 1).expand(1, 3, 4, 4)  # S 0.5, V 0.5
+    assert SaturationLoss("catalog")(grey, red).item() == pytest.approx(1.0)
+    assert SaturationLoss("catalog")(pink, grey).item() == pytest.approx(0.5)
+    # weighted: |dS| times the prediction's value
+    assert SaturationLoss()(grey, red).item() == pytest.approx(0.5)
+    assert SaturationLoss()(pink, grey).item() == pytest.approx(0.25)
+    assert SaturationLoss()(red, grey).item() == pytest.approx(1.0)
+    for form in SATURATION_FORMS:
+        assert SaturationLoss(form)(red, red).item() == pytest.approx(0.0)
+    # a black prediction shows no colour: the weighted form does not ask it for any
+    assert SaturationLoss()(torch.zeros(1, 3, 4, 4), red).item() == 0.0
+
+
+def test_unknown_saturation_form_is_rejected():
+    with pytest.raises(ValueError, match="weighted, catalog"):
+        SaturationLoss("ratio")
+    with pytest.raises(ValueError, match="weighted, catalog"):
+        HSVLoss(saturation_form="ratio")
+
+
+def near_black_noise(seed: int = 0) -> torch.Tensor:
+    """Pure black, then sensor-noise-level colours from V = 1e-5 up to 0.02 (crushed shadows)."""
+    generator = torch.Generator().manual_seed(seed)
+    scale = torch.logspace(-5, torch.log10(torch.tensor(0.02)).item(), 63).view(1, 1, 1, 63)
+    noise = torch.rand(1, 3, 4, 63, generator=generator) * scale
+    return torch.cat([torch.zeros(1, 3, 4, 1), noise], dim=-1)
+
+
+@pytest.mark.parametrize("amp", [None, torch.bfloat16])
+def test_weighted_saturation_gradient_is_bounded_like_l1_at_black(amp):
+    target = torch.rand(1, 3, 4, 64, generator=torch.Generator().manual_seed(1))
+    gradients = {}
+    for form in SATURATION_FORMS:
+        pred = near_black_noise().requires_grad_(True)
+        with torch.autocast("cpu", dtype=amp, enabled=amp is not None):
+            # a bf16 network output (autocast itself leaves element-wise ops in fp32)
+            value = SaturationLoss(form)(pred.to(amp) if amp else pred, target)
+        value.backward()
+        assert value.dtype == torch.float32 and torch.isfinite(value) and torch.isfinite(pred.grad).all()
+        pixels = pred.numel() // 3
+        gradients[form] = pred.grad.abs() * pixels  # in units of a per-pixel mean's gradient, 1 / (N H W)
+    # every channel's gradient at most 1 / (N H W), from black up through sensor noise...
+    assert gradients["weighted"].max() <= 1.0 + 1e-3
+    # ...where the catalog's 1/V gradient is hundreds of times larger
+    assert gradients["catalog"].max() > 100.0
+
+
+def test_hsv_loss_saturation_form_weights_only_its_saturation_term():
+    pink, grey = torch.tensor([0.5, 0.25, 0.25]).view(1, 3, 1, 1).expand(1, 3, 4, 4), torch.full((1, 3, 4, 4), 0.5)
+    only_saturation = dict(hue_weight=0.0, saturation_weight=1.0, value_weight=0.0)
+    assert HSVLoss(**only_saturation)(pink, grey).item() == pytest.approx(0.25)
+    assert HSVLoss(**only_saturation, saturation_form="catalog")(pink, grey).item() == pytest.approx(0.5)
 
 
 def test_window_loss_weighs_overexposed_pixels_more():

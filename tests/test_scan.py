@@ -1,43 +1,12 @@
-"""The pure-PyTorch selective scan against a step-by-step loop of mamba_ssm's documented recurrence
-(``selective_scan_ref``), and the SS2D block built on it."""
+"""The pure-PyTorch selective scan against the step-by-step loop of mamba_ssm's documented recurrence
+(``selective_scan_ref``, here ``selective_scan_naive``), and the SS2D block built on it."""
 import pytest
 import torch
 import torch.nn.functional as F
 
-from models.scan import selective_scan, selective_scan_torch
+import models.scan as scan_module
+from models.scan import selective_scan, selective_scan_naive, selective_scan_torch
 from models.ss2d import SS2D
-
-
-def step_by_step_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
-    """One Python step per position, exactly as mamba_ssm's selective_scan_ref spells it out."""
-    dtype_in = u.dtype
-    u, delta = u.float(), delta.float()
-    if delta_bias is not None:
-        delta = delta + delta_bias.float()[:, None]
-    if delta_softplus:
-        delta = F.softplus(delta)
-    batch, dim, length = u.shape
-
-    def per_channel(matrix):  # -> (batch, dim, N, L)
-        matrix = matrix.float()
-        if matrix.dim() == 2:
-            return matrix[None, :, :, None].expand(batch, dim, -1, length)
-        if matrix.dim() == 3:
-            return matrix[:, None].expand(batch, dim, -1, length)
-        return matrix.repeat_interleave(dim // matrix.shape[1], dim=1)
-
-    B, C = per_channel(B), per_channel(C)
-    state = u.new_zeros(batch, dim, A.shape[1])
-    ys = []
-    for t in range(length):
-        state = torch.exp(delta[:, :, t, None] * A.float()) * state + delta[:, :, t, None] * B[..., t] * u[:, :, t, None]
-        ys.append((state * C[..., t]).sum(-1))
-    out = torch.stack(ys, dim=-1)
-    if D is not None:
-        out = out + u * D.float()[:, None]
-    if z is not None:
-        out = out * F.silu(z.float())
-    return out.to(dtype_in), state
 
 
 def make_inputs(batch=2, dim=6, state=4, length=37, b_layout="grouped", groups=3, seed=0):
@@ -54,11 +23,17 @@ def make_inputs(batch=2, dim=6, state=4, length=37, b_layout="grouped", groups=3
 SPLITS = [dict(), dict(chunk_size=8), dict(chunk_size=4, segment_elements=1)]
 
 
+@pytest.fixture(autouse=True)
+def recompute_every_scan(monkeypatch):
+    """Test scans are tiny: make them take the recomputed (checkpointed) path of large ones."""
+    monkeypatch.setattr(scan_module, "RECOMPUTE_ELEMENTS", 0)
+
+
 @pytest.mark.parametrize("b_layout", ["grouped", "shared", "constant"])
 @pytest.mark.parametrize("split", SPLITS, ids=["default", "chunks8", "segments"])
 def test_scan_values_and_last_state_match_the_step_loop(b_layout, split):
     x = make_inputs(b_layout=b_layout)
-    expected, expected_state = step_by_step_scan(**x, delta_softplus=True)
+    expected, expected_state = selective_scan_naive(**x, delta_softplus=True, return_last_state=True)
     out, last_state = selective_scan_torch(**x, delta_softplus=True, return_last_state=True, **split)
     assert out.shape == (2, 6, 37) and out.dtype == torch.float32
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
@@ -69,25 +44,28 @@ def test_scan_without_optional_terms_matches_the_step_loop():
     x = make_inputs(length=1, b_layout="shared")
     for key in ("D", "z", "delta_bias"):
         x.pop(key)
-    torch.testing.assert_close(selective_scan_torch(**x), step_by_step_scan(**x)[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(selective_scan_torch(**x), selective_scan_naive(**x), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("recompute", [True, False], ids=["recomputed", "kept-graph"])
 @pytest.mark.parametrize("split", SPLITS[1:], ids=["chunks8", "segments"])
-def test_scan_gradients_match_the_step_loop(split):
+def test_scan_gradients_match_the_step_loop(split, recompute, monkeypatch):
+    if not recompute:
+        monkeypatch.setattr(scan_module, "RECOMPUTE_ELEMENTS", 2 ** 62)
     x = make_inputs(length=29, b_layout="grouped")
     leaves = {k: v.clone().requires_grad_() for k, v in x.items()}
     weights = torch.randn(2, 6, 29, generator=torch.Generator().manual_seed(1))
     (selective_scan_torch(**leaves, delta_softplus=True, **split) * weights).sum().backward()
     ours = {k: v.grad for k, v in leaves.items()}
     leaves = {k: v.clone().requires_grad_() for k, v in x.items()}
-    (step_by_step_scan(**leaves, delta_softplus=True)[0] * weights).sum().backward()
+    (selective_scan_naive(**leaves, delta_softplus=True) * weights).sum().backward()
     for key, grad in ours.items():
         torch.testing.assert_close(grad, leaves[key].grad, rtol=1e-4, atol=1e-5, msg=key)
 
 
 def test_scan_under_bf16_autocast_accumulates_in_float32():
     x = make_inputs(length=41)
-    expected = step_by_step_scan(**x, delta_softplus=True)[0]
+    expected = selective_scan_naive(**x, delta_softplus=True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = selective_scan_torch(**x, delta_softplus=True)
     assert out.dtype == torch.float32
@@ -100,7 +78,7 @@ def test_scan_of_bf16_inputs_returns_bf16_computed_in_float32():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = selective_scan_torch(**leaves, delta_softplus=True)
     out.float().sum().backward()
-    expected = step_by_step_scan(**x, delta_softplus=True)[0]
+    expected = selective_scan_naive(**x, delta_softplus=True)
     assert out.dtype == torch.bfloat16
     torch.testing.assert_close(out, expected, rtol=1e-2, atol=1e-2)
     assert all(torch.isfinite(v.grad).all() and v.grad.dtype == torch.bfloat16 for v in leaves.values())
@@ -113,7 +91,7 @@ def test_strong_decay_neither_overflows_nor_loses_the_state():
     x.pop("delta_bias")
     out = selective_scan_torch(**x, chunk_size=16)
     assert torch.isfinite(out).all()
-    torch.testing.assert_close(out, step_by_step_scan(**x)[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out, selective_scan_naive(**x), rtol=1e-5, atol=1e-5)
 
 
 def test_scan_on_cpu_dispatches_to_the_pytorch_path():
@@ -151,3 +129,13 @@ def test_ss2d_sees_the_whole_image_in_every_direction():
     first = torch.autograd.grad(out[0, 0, 0].sum(), x, retain_graph=True)[0]
     last = torch.autograd.grad(out[0, -1, -1].sum(), x)[0]
     assert first[0, -1, -1].abs().sum() > 0 and last[0, 0, 0].abs().sum() > 0
+
+
+def test_reference_loop_matches_the_recurrence_by_hand():
+    u, delta = torch.tensor([[[2.0, 3.0]]]), torch.tensor([[[0.5, 0.25]]])
+    A, B, C, D = torch.tensor([[-2.0]]), torch.tensor([[[1.0, 4.0]]]), torch.tensor([[[3.0, 0.5]]]), torch.tensor([0.1])
+    h0 = 0.5 * 1.0 * 2.0
+    h1 = torch.exp(torch.tensor(0.25 * -2.0)) * h0 + 0.25 * 4.0 * 3.0
+    expected = torch.tensor([[[3.0 * h0 + 0.2, 0.5 * h1 + 0.3]]])
+    for scan in (selective_scan_naive, selective_scan_torch):
+        torch.testing.assert_close(scan(u, delta, A, B, C, D), expected)

@@ -119,3 +119,45 @@ def test_loss_decreases_on_a_fixed_batch(script, tiny_pairs, tmp_path, monkeypat
     losses = [r[key] for r in records if r["split"] == "train"]
     assert len(losses) >= 12
     assert sum(losses[-3:]) < sum(losses[:3]), f"{key} did not decrease: {losses}"
+
+
+LOSS_FLAG_CASES = {
+    "combined_loss_defaults": ("train_restormer_512_combined_loss.py", [],
+                               {"l1": 1.0, "window": 0.5, "saturation": 0.3}, ("saturation", "form", "weighted")),
+    "combined_loss_catalog_form": ("train_restormer_512_combined_loss.py",
+                                   ["--l1-weight", "0.9", "--window-weight", "0.7", "--saturation-weight", "0.2",
+                                    "--saturation-form", "catalog"],
+                                   {"l1": 0.9, "window": 0.7, "saturation": 0.2}, ("saturation", "form", "catalog")),
+    "color_perceptual_catalog_form": ("train_restormer_512_color_perceptual.py",
+                                      ["--hsv-weight", "0.3", "--saturation-form", "catalog"],
+                                      {"l1": 1.0, "ssim": 0.2, "hsv": 0.3, "lab": 0.5},
+                                      ("hsv", "saturation_form", "catalog")),
+    "hat_catalog_form": ("train_hat.py", ["--hsv-weight", "0.3", "--saturation-form", "catalog"],
+                         {"charbonnier": 1.0, "lab": 0.5, "hsv": 0.3, "histogram": 0.2},
+                         ("hsv", "saturation_form", "catalog")),
+}
+
+
+@pytest.mark.parametrize("case", list(LOSS_FLAG_CASES))
+def test_loss_weight_and_form_flags_reach_the_training_criterion(case, tiny_pairs, tmp_path, monkeypatch):
+    script_name, flags, weights, (term, attribute, form) = LOSS_FLAG_CASES[case]
+    module = load_script(ROOT / script_name)
+    built = []
+
+    class RecordingLoss(module.CombinedLoss):
+        calls = 0
+
+        def forward(self, *args):
+            RecordingLoss.calls += 1
+            return super().forward(*args)
+
+    monkeypatch.setattr(module, "CombinedLoss", lambda terms: built.append(RecordingLoss(terms)) or built[-1])
+    argv = materialise(smoke_command(ROOT / script_name), tiny_pairs, tmp_path / "run")
+    argv[argv.index("--steps") + 1] = "1"
+    if "--perceptual-weight" not in flags and "--vgg-weights" in argv:
+        argv += ["--perceptual-weight", "0"]
+    module.main(argv + flags)
+    [criterion] = built
+    assert criterion.weights == pytest.approx(weights)
+    assert getattr(criterion.terms[term], attribute) == form
+    assert RecordingLoss.calls >= 1, "the training loop never called the criterion built from the flags"

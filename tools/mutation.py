@@ -1,0 +1,137 @@
+"""Mutation testing of the core modules, and their kill rate per module.
+
+    python tools/mutation.py                        # every core module of setup.cfg [mutmut], smallest first
+    python tools/mutation.py utils/metrics.py losses  # some of them (a file, or a folder of them)
+    python tools/mutation.py --report               # only print the table of the last runs
+
+Runs mutmut (a dev-only dependency: pip install -r requirements-dev.txt) one module at a time, each
+under a wall-clock --timeout, in the repository root; mutmut copies the code to mutants/, puts one
+small bug at a time into a function and runs the tests that call that function (recorded on the
+first run). A mutant is killed when a test fails (or hangs past mutmut's time limit); one that
+survives is a bug the suite would let through. A module tested before gets only its mutants that were
+not killed retried (after a test was added), unless --fresh; mutmut itself re-tests the functions whose
+code changed. Print the survivors with --survivors, and inspect one with `mutmut show NAME`.
+"""
+import argparse
+import configparser
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+KILLED = {1: "killed", 3: "killed", 24: "timeout", -24: "timeout", 152: "timeout", 255: "timeout", 36: "timeout"}
+SURVIVED = {0: "survived", 5: "no tests", 33: "no tests"}
+# Survivors that behave exactly like the original (reviewed by hand with `mutmut show`); the kill rate
+# leaves them out. Mutant numbers change when a function's code changes: review again then.
+EQUIVALENT = {
+    "utils.metrics.x_masked_psnr__mutmut_15": "mask.shape[+2:] of a mask already checked to be 4-D is shape[-2:]",
+    "utils.metrics.x_masked_psnr__mutmut_18": "pred.shape[+2:] of a 4-D (N, C, H, W) prediction is shape[-2:]",
+    "utils.metrics.x_masked_psnr__mutmut_23": "the same pred.shape[+2:] in the error message",
+    "utils.metrics.x_masked_psnr__mutmut_71": 'float("NAN") is float("nan")',
+}
+
+
+def core_modules() -> list:
+    """The files setup.cfg [mutmut] only_mutate names (globs expanded), smallest first."""
+    config = configparser.ConfigParser()
+    config.read(ROOT / "setup.cfg")
+    patterns = [line for line in config.get("mutmut", "only_mutate").splitlines() if line.strip()]
+    files = {path for pattern in patterns for path in ROOT.glob(pattern) if path.name != "__init__.py"}
+    return sorted((path.relative_to(ROOT) for path in files), key=lambda p: ((ROOT / p).stat().st_size, str(p)))
+
+
+def selected_files(names: list) -> list:
+    """Core files matching the command line's files or folders (all core files when none given)."""
+    core = core_modules()
+    if not names:
+        return core
+    chosen = []
+    for name in names:
+        name = Path(name)
+        matches = [path for path in core if path == name or name in path.parents]
+        if not matches:
+            sys.exit(f"error: {name} is not a core module of setup.cfg [mutmut] only_mutate")
+        chosen += [path for path in matches if path not in chosen]
+    return chosen
+
+
+def mutant_glob(path: Path) -> str:
+    """mutmut's name pattern for every mutant of one file: dotted module path, then '.*'."""
+    return ".".join(path.with_suffix("").parts) + ".*"
+
+
+def results(path: Path) -> dict:
+    """{mutant name: exit code} of the last run on ``path`` (empty if it never ran)."""
+    meta = ROOT / "mutants" / (str(path) + ".meta")
+    if not meta.is_file():
+        return {}
+    return json.loads(meta.read_text()).get("exit_code_by_key", {})
+
+
+def tally(path: Path) -> Counter:
+    counts = Counter()
+    for name, code in results(path).items():
+        if code in SURVIVED and name in EQUIVALENT:
+            counts["equivalent"] += 1
+        else:
+            counts[KILLED.get(code) or SURVIVED.get(code) or ("not checked" if code is None else "other")] += 1
+    return counts
+
+
+def print_table(paths: list, survivors: bool) -> None:
+    """Per module: mutants, how they ended, and the kill rate over the checked, non-equivalent ones."""
+    print(f"\n{'module':<26} {'mutants':>7} {'killed':>6} {'timeout':>7} {'survived':>8} {'no tests':>8} "
+          f"{'equiv.':>6} {'unchecked':>9}  kill rate")
+    for path in paths:
+        counts = tally(path)
+        total = sum(counts.values())
+        dead = counts["killed"] + counts["timeout"]
+        checked = dead + counts["survived"] + counts["no tests"]
+        rate = f"{100 * dead / checked:5.1f} %" if checked else "  not run"
+        print(f"{str(path):<26} {total:>7} {counts['killed']:>6} {counts['timeout']:>7} {counts['survived']:>8} "
+              f"{counts['no tests']:>8} {counts['equivalent']:>6} {counts['other'] + counts['not checked']:>9}  {rate}")
+        if survivors:
+            for name, code in sorted(results(path).items()):
+                if code in SURVIVED:
+                    print(f"    {SURVIVED[code]:<9} {name}  {EQUIVALENT.get(name, '')}")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("modules", nargs="*", help="core files or folders (default: all, smallest first)")
+    parser.add_argument("--timeout", type=int, default=1800, help="wall-clock seconds per module")
+    parser.add_argument("--jobs", type=int, default=1, help="mutants tested in parallel")
+    parser.add_argument("--fresh", action="store_true", help="test every mutant again, killed ones too")
+    parser.add_argument("--report", action="store_true", help="only print the table of the last runs")
+    parser.add_argument("--survivors", action="store_true", help="list the surviving mutants")
+    args = parser.parse_args(argv)
+    paths = selected_files(args.modules)
+    if not args.report:
+        if importlib.util.find_spec("mutmut") is None:
+            sys.exit("error: mutmut is not installed: pip install -r requirements-dev.txt")
+        for path in paths:
+            print(f"--- {path}", flush=True)
+            previous = results(path)
+            retry = [name for name, code in previous.items() if code not in KILLED]
+            if previous and not retry and not args.fresh:
+                continue
+            names = retry if previous and not args.fresh else [mutant_glob(path)]
+            command = [sys.executable, "-m", "mutmut", "run", "--max-children", str(args.jobs), *names]
+            # its own process group, so a timeout also ends mutmut's forked test workers
+            process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, start_new_session=True)
+            try:
+                process.wait(timeout=args.timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGTERM)
+                process.wait()
+                print(f"    {path}: stopped after {args.timeout} s; the table counts the mutants tested so far")
+    print_table(paths, args.survivors)
+
+
+if __name__ == "__main__":
+    main()
