@@ -125,6 +125,22 @@ def check_enhances(checkpoint: Path) -> None:
     assert 0 <= enhanced.min() and enhanced.max() <= 1 and np.abs(enhanced - photo).max() > 1e-3
 
 
+def test_sharded_sampler_ranks_together_draw_the_single_process_batch_at_any_resume_step():
+    from data.loaders import PatchSchedule, ResumableBatchSampler
+
+    def take(sampler, count):
+        stream = iter(sampler)
+        return [next(stream) for _ in range(count)]
+
+    for start in (0, 3):
+        single = take(ResumableBatchSampler(7, PatchSchedule.constant(4), seed=5, start_step=start, grad_accum=2), 6)
+        ranks = [take(ResumableBatchSampler(7, PatchSchedule.constant(2), seed=5, start_step=start, grad_accum=2,
+                                            rank=rank, world_size=2), 6) for rank in (0, 1)]
+        assert [a + b for a, b in zip(*ranks)] == single
+    with pytest.raises(ValueError, match="rank"):
+        ResumableBatchSampler(7, PatchSchedule.constant(2), seed=5, rank=2, world_size=2)
+
+
 # --------------------------------------------------------------------------- DDP
 
 @pytest.fixture(scope="module")
