@@ -233,9 +233,7 @@ class DistributedRun(Run):
             self.logger = _NoLogger()
 
     def progress_bar(self) -> tqdm:
-        bar = super().progress_bar()
-        bar.disable = not self.context.is_main
-        return bar
+        return super().progress_bar(disable=not self.context.is_main)
 
     def log_train(self) -> dict:
         if self.context.active and self.tracker.sums:

@@ -145,8 +145,8 @@ class Run:
             self.bar.close()
             self.logger.close()
 
-    def progress_bar(self) -> tqdm:
-        return tqdm(total=self.args.steps, initial=self.step, desc=self.name, dynamic_ncols=True)
+    def progress_bar(self, disable: bool = False) -> tqdm:
+        return tqdm(total=self.args.steps, initial=self.step, desc=self.name, dynamic_ncols=True, disable=disable)
 
     def end_step(self, losses: dict) -> None:
         """After each micro-batch: track its losses; once the TrainStep has stepped (every
