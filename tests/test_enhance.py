@@ -126,7 +126,7 @@ def test_inputs_are_never_overwritten(identity_checkpoint, tmp_path):
                   "--device", "cpu"])
     # the output folder inside the input folder is not read back as input on a second run
     written = enhance.main(["--checkpoint", str(identity_checkpoint), "--input", str(photos),
-                            "--out", str(photos / "edited"), "--device", "cpu"])
+                            "--out", str(photos / "edited"), "--device", "cpu", "--overwrite"])
     assert written == [photos / "edited" / "a.png"] and (photos / "a.png").read_bytes() == before
 
 

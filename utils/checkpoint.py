@@ -36,6 +36,10 @@ from data.io import atomic_destination
 from models.expand import INPUT_CONV_KEY, expand_to_model
 
 CHECKPOINT_FORMAT = "rehdr-checkpoint-v1"
+# export.py's layout: the weights as model.safetensors (or the graph as model.onnx) + config.json
+EXPORT_FORMAT = "rehdr-export-v1"
+EXPORT_CONFIG_NAME = "config.json"
+EXPORT_WEIGHTS_NAME = "model.safetensors"
 # Keys under which published checkpoints keep their weights, in order of preference.
 WEIGHT_KEYS = ("params_ema", "params", "ema", "model", "state_dict")
 PREFIXES = ("module.", "_orig_mod.")
@@ -187,7 +191,7 @@ def load_checkpoint(path, map_location="cpu", trust: bool = None, assemble_shard
     ``trust``: unpickle refused files in full (default: :func:`checkpoints_trusted`)."""
     path = Path(path)
     if path.is_dir():
-        path = path / "last.pt"
+        path = path / (EXPORT_WEIGHTS_NAME if (path / EXPORT_WEIGHTS_NAME).is_file() else "last.pt")
     checkpoint = _read_checkpoint_file(path, map_location, trust)
     if assemble_shards and isinstance(checkpoint, dict) and checkpoint.get("sharded") and checkpoint.get("model") is None:
         checkpoint["model"] = read_sharded_weights(path.parent / checkpoint["sharded"])
@@ -244,6 +248,30 @@ def _read_checkpoint_file(path: Path, map_location, trust) -> dict:
         return torch.load(path, map_location=map_location, weights_only=False)
     except Exception as error:
         raise _read_error(path, error) from error
+
+
+def read_export_config(path) -> dict:
+    """The ``config.json`` that export.py writes next to an exported file; one-line error when absent."""
+    import json
+    config_path = Path(path).with_name(EXPORT_CONFIG_NAME)
+    if not config_path.is_file():
+        raise CheckpointError(f"{path} has no {EXPORT_CONFIG_NAME} next to it: enhance needs the config that "
+                              "export.py writes (architecture, input features, preprocessing)")
+    try:
+        config = json.loads(config_path.read_text())
+    except (ValueError, OSError) as error:
+        raise CheckpointError(f"cannot read {config_path}: {type(error).__name__}: {error}") from error
+    if not isinstance(config, dict) or config.get("format") != EXPORT_FORMAT or "model" not in config:
+        raise CheckpointError(f"{config_path} is not an export config (format {EXPORT_FORMAT} with a 'model')")
+    return config
+
+
+def load_exported(path, map_location="cpu") -> dict:
+    """An export.py ``model.safetensors`` + ``config.json`` as a checkpoint dict (``config``, ``model``,
+    ``step``), so everything that rebuilds a model from a run's checkpoint takes it unchanged."""
+    config = read_export_config(path)
+    return {"format": EXPORT_FORMAT, "config": config, "model": load_checkpoint(path, map_location),
+            "step": config.get("step")}
 
 
 def extract_state_dict(checkpoint, prefer_ema: bool = True) -> dict:

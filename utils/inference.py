@@ -14,7 +14,10 @@ input. Per photo and per checkpoint, each stage only when the config names it:
    feature comes from the MiDaS/DPT model at ``config['depth_model']``, run once per photo on the
    whole photo (never per tile). RGB and features are then tiled together.
 3. The network over overlapping, blended tiles (:func:`utils.tiling.tiled_forward`), EMA weights
-   when the checkpoint has them, output clamped to [0, 1].
+   when the checkpoint has them, output clamped to [0, 1]. The executor of the tiles is PyTorch
+   (:class:`NetworkModel`) or, for an export.py ``model.onnx``, onnxruntime (:class:`OnnxModel`);
+   stages 1-3 are the same code for both. An export's ``model.safetensors`` + ``config.json`` loads
+   as a checkpoint (:func:`utils.checkpoint.load_exported`).
 
 Several checkpoints form an ensemble (e.g. the folds of a cross-validation run): the mean of their
 outputs. Which kind of model a checkpoint holds is decided by :data:`MODEL_KINDS`, a list of
@@ -22,7 +25,9 @@ outputs. Which kind of model a checkpoint holds is decided by :data:`MODEL_KINDS
 with one entry and one loader class that has the same ``predict`` method.
 """
 import argparse
+import json
 import math
+import os
 from pathlib import Path
 
 import cv2
@@ -31,7 +36,8 @@ import torch
 
 from data.io import read_metadata, write_image
 
-from .checkpoint import (CheckpointError, add_trust_flag, build_model, load_checkpoint, load_pretrained,
+from .checkpoint import (EXPORT_CONFIG_NAME, EXPORT_FORMAT, EXPORT_WEIGHTS_NAME, CheckpointError, add_trust_flag,
+                         build_model, load_checkpoint, load_exported, load_pretrained, read_export_config,
                          set_trust_checkpoints)
 from .tiling import tiled_forward
 from .training import autocast, configure_backend, resolve_amp, select_device
@@ -51,13 +57,17 @@ DEFAULT_BATCH_SIZE = 4
 # window-attention network (HAT: its window, DAT: its largest window side) names a larger multiple
 # as its ``size_multiple``, which the tiles then follow.
 TILE_MULTIPLE = 8
+# The key of an export.py ONNX file's metadata that holds its config.json.
+ONNX_CONFIG_KEY = "rehdr_config"
+ONNX_NAME = "model.onnx"
 
 
 def resolve_checkpoints(paths) -> list:
     """The checkpoint files that ``paths`` (one path or a list) name, in order.
 
-    A ``.pt`` file is itself; a run folder gives its ``best.pt`` (else ``last.pt``); a folder of
-    cross-validation runs gives every ``fold_*/best.pt`` (else that fold's ``last.pt``).
+    A file (``.pt``, an export's ``model.safetensors`` or ``model.onnx``) is itself; a run folder gives
+    its ``best.pt`` (else ``last.pt``), an export folder its ``model.safetensors`` (else ``model.onnx``);
+    a folder of cross-validation runs gives every ``fold_*/best.pt`` (else that fold's ``last.pt``).
     Raises :class:`utils.checkpoint.CheckpointError` naming a path that holds none of these.
     """
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
@@ -73,7 +83,8 @@ def resolve_checkpoints(paths) -> list:
             for run in runs:
                 checkpoint = _run_checkpoint(run)
                 if checkpoint is None:
-                    raise CheckpointError(f"checkpoint folder {run} has neither best.pt nor last.pt")
+                    raise CheckpointError(f"checkpoint folder {run} has neither best.pt nor last.pt "
+                                          f"(nor an export's {EXPORT_WEIGHTS_NAME} or {ONNX_NAME})")
                 files.append(checkpoint)
         else:
             raise CheckpointError(f"checkpoint not found: {path} (give a .pt file, a run folder with best.pt/"
@@ -82,7 +93,7 @@ def resolve_checkpoints(paths) -> list:
 
 
 def _run_checkpoint(run_dir: Path):
-    for name in ("best.pt", "last.pt"):
+    for name in ("best.pt", "last.pt", EXPORT_WEIGHTS_NAME, ONNX_NAME):
         if (run_dir / name).is_file():
             return run_dir / name
     return None
@@ -115,13 +126,18 @@ class NetworkModel:
         if amp not in AMP_MODES:
             raise ValueError(f"--amp must be one of {', '.join(AMP_MODES)}, got {amp!r}")
         self.model = model.to(device).eval()
+        self._set_pipeline(config, source, device, amp, tiling, used_ema, step,
+                           math.lcm(TILE_MULTIPLE, getattr(model, "size_multiple", 1)), type(model).__name__)
+
+    def _set_pipeline(self, config: dict, source: str, device, amp: str, tiling: Tiling, used_ema: bool,
+                      step: int, size_multiple: int, name: str) -> None:
         self.config, self.source, self.amp, self.used_ema, self.step = config, source, amp, used_ema, step
         self.device = torch.device(device)
         self.tiling = tiling or Tiling()
-        self.size_multiple = math.lcm(TILE_MULTIPLE, getattr(model, "size_multiple", 1))
+        self.size_multiple = size_multiple
         if self.tiling.tile % self.size_multiple:
             raise ValueError(f"--tile {self.tiling.tile} must be a multiple of {self.size_multiple} for "
-                             f"{type(model).__name__} (its attention windows)")
+                             f"{name} (its attention windows)")
         self.preprocess = config.get("preprocess") or []
         self.features = config.get("input_features")
         self.depth_model = config.get("depth_model")
@@ -134,7 +150,8 @@ class NetworkModel:
         (``sampling`` is for diffusion models; a network is deterministic)."""
         model = build_model(checkpoint["config"]["model"])
         load_pretrained(model, checkpoint, strict=True, prefer_ema=True)
-        used_ema = isinstance(checkpoint.get("ema"), dict) or isinstance(checkpoint.get("params_ema"), dict)
+        used_ema = (isinstance(checkpoint.get("ema"), dict) or isinstance(checkpoint.get("params_ema"), dict)
+                    or (checkpoint.get("format") == EXPORT_FORMAT and checkpoint["config"].get("weights") == "ema"))
         return cls(model, checkpoint["config"], source, device, amp, tiling, used_ema, checkpoint.get("step"))
 
     @property
@@ -174,16 +191,16 @@ class NetworkModel:
         depth = self.depth(tensor, photo_cache) if needs_depth(self.features) else None
         return build_inputs(tensor, self.features, depth=depth)
 
+    def run_tiles(self, tiles: torch.Tensor) -> torch.Tensor:
+        """The executor: (N, C, h, w) padded tiles on the device -> (N, 3, h, w) float32 in [0, 1]."""
+        with autocast(self.device, self.amp):
+            return self.model(tiles).float().clamp(0, 1)
+
     @torch.no_grad()
     def predict(self, rgb: np.ndarray, photo_cache: dict = None) -> torch.Tensor:
         """Enhance an HxWx3 float32 photo in [0, 1]; returns (1, 3, H, W) float32 in [0, 1] on the device."""
         inputs = self.network_input(rgb, {} if photo_cache is None else photo_cache)
-
-        def run_network(tiles):
-            with autocast(self.device, self.amp):
-                return self.model(tiles).float().clamp(0, 1)
-
-        output = tiled_forward(run_network, inputs, tile=self.tiling.tile, overlap=self.tiling.overlap,
+        output = tiled_forward(self.run_tiles, inputs, tile=self.tiling.tile, overlap=self.tiling.overlap,
                                batch_size=self.tiling.batch_size, device=self.device, multiple=self.size_multiple)
         if output.shape[-2:] != rgb.shape[:2]:
             output = _apply_edit_at_full_size(rgb, output)
@@ -202,6 +219,53 @@ def _apply_edit_at_full_size(rgb: np.ndarray, reduced_output: torch.Tensor) -> t
     full_edit = cv2.resize(edit, (width, height), interpolation=cv2.INTER_LINEAR)
     result = np.clip(rgb + full_edit, 0.0, 1.0)
     return torch.from_numpy(result).permute(2, 0, 1)[None].to(reduced_output.device)
+
+
+class OnnxModel(NetworkModel):
+    """An export.py ``model.onnx`` run by onnxruntime (CUDA provider when the device is CUDA and the
+    provider is installed, else CPU), with the same input pipeline, tiling and blending as
+    :class:`NetworkModel`: only :meth:`run_tiles`, the executor, differs. The graph is fp32 (--amp does
+    not apply) and does not pad, so tiles are padded to the export's ``size_multiple``."""
+
+    def __init__(self, path, device, tiling: Tiling = None):
+        try:
+            import onnxruntime
+        except ImportError as error:
+            raise ImportError("running a .onnx model needs onnxruntime: pip install -r requirements-extras.txt") from error
+        device = torch.device(device)
+        providers = ["CPUExecutionProvider"]
+        if device.type == "cuda" and "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+            providers.insert(0, ("CUDAExecutionProvider", {"device_id": device.index or 0}))
+        try:
+            self.session = onnxruntime.InferenceSession(str(path), providers=providers)
+        except Exception as error:  # onnxruntime raises its own types for unreadable or invalid graphs
+            raise CheckpointError(f"cannot read ONNX model {path}: {type(error).__name__}: "
+                                  f"{str(error).strip().splitlines()[0]}") from error
+        metadata = self.session.get_modelmeta().custom_metadata_map
+        config = json.loads(metadata[ONNX_CONFIG_KEY]) if ONNX_CONFIG_KEY in metadata else read_export_config(path)
+        self.input_name = self.session.get_inputs()[0].name
+        self.provider = self.session.get_providers()[0]
+        self._set_pipeline(config, str(path), device, "none", tiling, config.get("weights") == "ema", config.get("step"),
+                           int(config.get("size_multiple", TILE_MULTIPLE)), config["model"]["class"].rpartition(".")[2])
+
+    @classmethod
+    def from_file(cls, path, device, amp: str, tiling: Tiling, sampling: dict = None) -> "OnnxModel":
+        return cls(path, device, tiling)
+
+    @property
+    def num_parameters(self) -> int:
+        return 0  # the graph's initializers are not counted; describe() names the file
+
+    def describe(self) -> str:
+        steps = f", step {self.step}" if self.step is not None else ""
+        weights = "EMA weights" if self.used_ema else "weights"
+        name = self.config["model"]["class"].rpartition(".")[2]
+        return f"{name} (ONNX on onnxruntime {self.provider}, fp32, {weights}{steps}) from {self.source}"
+
+    def run_tiles(self, tiles: torch.Tensor) -> torch.Tensor:
+        array = np.ascontiguousarray(tiles.float().cpu().numpy())
+        output = self.session.run(None, {self.input_name: array})[0]
+        return torch.from_numpy(output).to(tiles.device).clamp(0, 1)
 
 
 # (config key, loader): the first key present in a checkpoint's config picks how it is loaded. A
@@ -256,7 +320,13 @@ class Enhancer:
 def load_member(path, device, amp: str = "none", tiling: Tiling = None, sampling: dict = None):
     """Load one checkpoint file as an ensemble member (see :data:`MODEL_KINDS`); ``sampling``: the
     denoising ``steps`` and ``seed`` of diffusion models (None: the run's own)."""
-    checkpoint = load_checkpoint(path)
+    path = Path(path)
+    if path.suffix == ".onnx":
+        return OnnxModel.from_file(path, device, amp, tiling or Tiling(), sampling)
+    if path.suffix == ".safetensors" and path.with_name(EXPORT_CONFIG_NAME).is_file():
+        checkpoint = load_exported(path)
+    else:
+        checkpoint = load_checkpoint(path)
     config = checkpoint.get("config") if isinstance(checkpoint, dict) else None
     if not isinstance(config, dict):
         raise CheckpointError(f"{path} has no run config: enhance needs a checkpoint written by a train_*.py "
@@ -288,6 +358,7 @@ def add_inference_args(parser: argparse.ArgumentParser, checkpoint: str = "optio
     if checkpoint != "none":
         group.add_argument("--checkpoint", nargs="+", required=checkpoint == "required", metavar="CKPT",
                            help="a .pt file, a run folder (its best.pt, else last.pt), a folder of fold_*/ runs, "
+                                "an export.py model.safetensors / model.onnx (or its folder), "
                                 "or several of these: the mean of their outputs (an ensemble)")
     add_trust_flag(group)
     group.add_argument("--tile", type=int, default=DEFAULT_TILE,
@@ -323,8 +394,21 @@ def enhancer_from_args(args, checkpoints=None) -> Enhancer:
 
 def write_like(photo, destination, rgb: np.ndarray, quality: int = 95) -> None:
     """Write ``rgb`` to ``destination`` (format from its extension) with the bit depth, EXIF and ICC
-    profile of ``photo``; creates the folder."""
+    profile of ``photo``; creates the folder. Atomic: written to a hidden temporary file in the same
+    folder (which enhance.py's listing skips), then renamed, so a crash never leaves a half-written photo."""
     metadata = read_metadata(photo)
-    Path(destination).parent.mkdir(parents=True, exist_ok=True)
-    write_image(destination, rgb, bit_depth=metadata["bit_depth"], exif=metadata["exif"],
-                icc_profile=metadata["icc_profile"], quality=quality)
+    destination = Path(destination)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    temporary = destination.with_name(f".{destination.stem}.tmp{os.getpid()}{destination.suffix}")
+    try:
+        write_image(temporary, rgb, bit_depth=metadata["bit_depth"], exif=metadata["exif"],
+                    icc_profile=metadata["icc_profile"], quality=quality)
+        os.replace(temporary, destination)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def is_up_to_date(photo, destination) -> bool:
+    """Whether ``destination`` exists and is newer than ``photo`` (its enhancement is done)."""
+    destination = Path(destination)
+    return destination.is_file() and destination.stat().st_mtime >= Path(photo).stat().st_mtime
