@@ -137,38 +137,50 @@ class ResumableBatchSampler(torch.utils.data.Sampler):
     `(index, sample_seed, crop)` where the schedule sets a crop. Starting at `start_step` jumps to the
     first draw of that step, so a resumed run sees exactly the micro-batches the uninterrupted run
     would have seen, and accumulating N micro-batches of B draws what one batch of N*B would.
+
+    Sharded over `world_size` processes (data-parallel training), each micro-batch draws
+    `world_size` times the schedule's batch size and process `rank` takes its consecutive share: W
+    processes of batch B see together exactly what one process of batch W*B sees, whatever W is, so a
+    run resumes on a different number of processes (keeping W*B) with the same data.
     """
 
-    def __init__(self, num_items, schedule, seed, start_step=0, grad_accum=1, stream=None):
+    def __init__(self, num_items, schedule, seed, start_step=0, grad_accum=1, stream=None, rank=0,
+                 world_size=1):
         if grad_accum < 1:
             raise ValueError(f"grad_accum must be >= 1, got {grad_accum}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, world_size), got rank {rank} of {world_size}")
         # `stream`: another source of draws with the same `draws(first_draw)` (a curriculum)
         self.stream = stream or ResumableSampler(num_items, 1, seed)
         self.schedule, self.start_step, self.grad_accum = schedule, start_step, grad_accum
+        self.rank, self.world_size = rank, world_size
 
     def __iter__(self):
-        draws = self.stream.draws(self.schedule.draws_before(self.start_step, self.grad_accum))
+        draws = self.stream.draws(self.schedule.draws_before(self.start_step, self.grad_accum) * self.world_size)
         step = self.start_step
         while True:
             crop, batch_size = self.schedule.at(step)
             for _ in range(self.grad_accum):
-                keys = [next(draws) for _ in range(batch_size)]
+                keys = [next(draws) for _ in range(batch_size * self.world_size)]
+                keys = keys[self.rank * batch_size:(self.rank + 1) * batch_size]
                 yield keys if crop is None else [(index, seed, crop) for index, seed in keys]
             step += 1
 
 
 def train_batches(dataset, batch_size, seed, start_step=0, workers=4, pin_memory=False, grad_accum=1,
-                  schedule=None, stream=None):
+                  schedule=None, stream=None, rank=0, world_size=1):
     """Infinite iterator of training micro-batches (dicts of stacked tensors plus a list of names).
 
     Optimizer step k takes `grad_accum` micro-batches of `batch_size` images, or of the crop and batch
     size a :class:`PatchSchedule` `schedule` gives step k. They depend only on (dataset, batch size or
     schedule, grad_accum, seed, k), not on `workers` nor on whether the run was resumed: pass the
     optimizer step to resume from as `start_step`. Every batch is full. `stream` replaces the uniform
-    epoch-by-epoch draws (e.g. :class:`data.curriculum.CurriculumStream`).
+    epoch-by-epoch draws (e.g. :class:`data.curriculum.CurriculumStream`). `rank` of `world_size`
+    processes takes its share of every micro-batch (see :class:`ResumableBatchSampler`).
     """
     schedule = schedule or PatchSchedule.constant(batch_size)
-    sampler = ResumableBatchSampler(len(dataset), schedule, seed, start_step, grad_accum, stream)
+    sampler = ResumableBatchSampler(len(dataset), schedule, seed, start_step, grad_accum, stream, rank,
+                                    world_size)
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_sampler=sampler,

@@ -26,6 +26,7 @@ import pickle
 import random
 import re
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -180,14 +181,44 @@ def _read_error(path, error) -> CheckpointError:
     return CheckpointError(f"cannot read checkpoint {path}: {type(error).__name__}: {first_line}")
 
 
-def load_checkpoint(path, map_location="cpu", trust: bool = None) -> dict:
+def load_checkpoint(path, map_location="cpu", trust: bool = None, assemble_shards: bool = True) -> dict:
     """Read any checkpoint file (ours, published ``.pt``/``.pth``, or ``.safetensors``) without running
     code from it (see the module docstring); one-line error if missing, unreadable or refused.
+    A sharded run's checkpoint (``'sharded'``: the folder of its shards, see
+    :func:`read_sharded_weights`) comes back with the full model weights under ``'model'`` (unless
+    ``assemble_shards=False``: resuming reads the shards itself).
 
     ``trust``: unpickle refused files in full (default: :func:`checkpoints_trusted`)."""
     path = Path(path)
     if path.is_dir():
         path = path / (EXPORT_WEIGHTS_NAME if (path / EXPORT_WEIGHTS_NAME).is_file() else "last.pt")
+    checkpoint = _read_checkpoint_file(path, map_location, trust)
+    if assemble_shards and isinstance(checkpoint, dict) and checkpoint.get("sharded") and checkpoint.get("model") is None:
+        checkpoint["model"] = read_sharded_weights(path.parent / checkpoint["sharded"])
+    return checkpoint
+
+
+def read_sharded_weights(folder) -> dict:
+    """The full model state dict of a ``torch.distributed.checkpoint`` folder (the ``model`` entry that
+    :class:`utils.distributed.ShardedTrainingState` saves), assembled in this one process whatever
+    number of processes wrote it."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+    folder = Path(folder)
+    if not (folder / ".metadata").is_file():
+        raise CheckpointError(f"sharded checkpoint folder not found or incomplete: {folder}")
+    metadata = dcp.FileSystemReader(str(folder)).read_metadata()
+    weights = {key[len("model."):]: torch.empty(entry.size, dtype=entry.properties.dtype)
+               for key, entry in metadata.state_dict_metadata.items()
+               if key.startswith("model.") and isinstance(entry, TensorStorageMetadata)}
+    state = {"model": weights}
+    with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.load(state, checkpoint_id=str(folder), no_dist=True)
+    return state["model"]
+
+
+def _read_checkpoint_file(path: Path, map_location, trust) -> dict:
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     if path.suffix == ".safetensors":

@@ -92,8 +92,15 @@ class Run:
         self.interval_images = 0
         self.extra = {}
         self.tracker = LossTracker()
+        self.open_outputs()
+
+    # A data-parallel run's processes (utils.distributed.DistributedRun) share out the data by these.
+    rank, world_size = 0, 1
+
+    def open_outputs(self) -> None:
+        """Start metrics.jsonl (+ TensorBoard) and write config.json."""
         self.logger = MetricsLogger(self.dir)
-        write_config(self.dir, state.config)
+        write_config(self.dir, self.state.config)
 
     def train_batches(self, dataset, seed: int = None, workers: int = None, progressive: bool = True,
                       stream=None):
@@ -113,7 +120,8 @@ class Run:
                              start_step=self.step - self.first_step,
                              workers=args.workers if workers is None else workers,
                              pin_memory=self.device.type == "cuda", grad_accum=args.grad_accum,
-                             schedule=self.schedule, stream=stream)
+                             schedule=self.schedule, stream=stream, rank=self.rank,
+                             world_size=self.world_size)
 
     @contextlib.contextmanager
     def training(self, val_loader):
@@ -122,7 +130,7 @@ class Run:
         self.val_loader = val_loader
         if self.fresh:
             self.log_identity()
-        self.bar = tqdm(total=self.args.steps, initial=self.step, desc=self.name, dynamic_ncols=True)
+        self.bar = self.progress_bar()
         self.interval_start, self.interval_images = time.time(), 0
         self.note_patch_stage()
         self.state.model.train()
@@ -139,6 +147,9 @@ class Run:
         finally:
             self.bar.close()
             self.logger.close()
+
+    def progress_bar(self, disable: bool = False) -> tqdm:
+        return tqdm(total=self.args.steps, initial=self.step, desc=self.name, dynamic_ncols=True, disable=disable)
 
     def end_step(self, losses: dict) -> None:
         """After each micro-batch: track its losses; once the TrainStep has stepped (every
@@ -177,7 +188,7 @@ class Run:
 
     def images_per_step(self, step: int) -> int:
         batch = self.schedule.at(step - self.first_step)[1] if self.schedule else self.args.batch_size
-        return batch * self.args.grad_accum
+        return batch * self.args.grad_accum * self.world_size
 
     def note_patch_stage(self) -> None:
         """Say (and log) which --progressive stage the next step trains in, when it changes."""
