@@ -41,14 +41,14 @@ def first_step(monkeypatch, module, argv):
 
 
 @pytest.mark.parametrize("script", SCRIPTS_WITH_WEIGHTS, ids=lambda p: p.stem)
-def test_every_loss_weight_flag_changes_the_loss(script, monkeypatch, tmp_path):
+def test_every_loss_weight_flag_changes_the_loss(script, monkeypatch, tmp_path, request):
     # two 32x32 photos (at most the smoke crop: cropped whole, blown-out window included)
     data = tmp_path / "data"
     write_pairs(data / "train", 2, size=(32, 32), seed=0)
     write_pairs(data / "val", 1, size=(32, 32), seed=1)
     flags = WEIGHT_FLAG.findall(script.read_text())
     module = load_script(script)
-    argv = materialise(smoke_command(script), data, tmp_path / "run")
+    argv = materialise(smoke_command(script), data, tmp_path / "run", request)
     baseline = first_step(monkeypatch, module, argv)
     if baseline.flags.get("vgg_weights") is None and "vgg_weights" in baseline.flags:
         argv += ["--vgg-weights", "random"]  # a weight that enables a VGG term needs its weights
