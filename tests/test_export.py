@@ -163,6 +163,11 @@ def test_exports_that_cannot_be_served_give_one_line_errors(tmp_path):
     controlnet = save_model_checkpoint(tmp_path / "cn" / "best.pt", LocalConvNet(), {}, controlnet={"pretrained": "x"})
     with pytest.raises(CheckpointError, match="ControlNet diffusion run"):
         export.main(["--checkpoint", str(controlnet), "--format", "onnx", "--out", str(tmp_path / "x")])
+    refiner = save_model_checkpoint(tmp_path / "refiner" / "best.pt", LocalConvNet(), {},
+                                    refiner={"path": "runs/backbone/best.pt", "sha256": "0" * 64})
+    for fmt in ("onnx", "safetensors"):
+        with pytest.raises(CheckpointError, match="colour refiner on a frozen backbone"):
+            export.main(["--checkpoint", str(refiner), "--format", fmt, "--out", str(tmp_path / "x")])
 
 
 def test_enhance_skips_outputs_newer_than_their_photo(identity_checkpoint, tmp_path, capsys):

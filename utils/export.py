@@ -143,6 +143,10 @@ def load_run(checkpoint_path) -> tuple:
     if "controlnet" in config:
         raise CheckpointError(f"{files[0]} is a ControlNet diffusion run (VAE, text encoder, UNet and a sampler "
                               "loop, not one network): it is not exported; serve it with enhance.py and the checkpoint")
+    if "refiner" in config:
+        raise CheckpointError(f"{files[0]} is a colour refiner on a frozen backbone (two networks, the backbone "
+                              f"in {config['refiner'].get('path')}): it is not exported as one graph; export the "
+                              "backbone run, and serve backbone + refiner with enhance.py and this checkpoint")
     if "model" not in config:
         raise CheckpointError(f"{files[0]}: its config names no model (config['model'])")
     return checkpoint, files[0]
