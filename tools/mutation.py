@@ -111,6 +111,8 @@ def main(argv=None) -> None:
     parser.add_argument("--survivors", action="store_true", help="list the surviving mutants")
     args = parser.parse_args(argv)
     paths = selected_files(args.modules)
+    # SIGTERM (e.g. from `timeout`) unwinds like Ctrl-C, so the mutmut session below is ended too
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     if not args.report:
         if importlib.util.find_spec("mutmut") is None:
             sys.exit("error: mutmut is not installed: pip install -r requirements-dev.txt")
@@ -127,9 +129,12 @@ def main(argv=None) -> None:
             try:
                 process.wait(timeout=args.timeout)
             except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGTERM)
-                process.wait()
                 print(f"    {path}: stopped after {args.timeout} s; the table counts the mutants tested so far")
+            finally:
+                # also when this tool is interrupted or terminated: mutmut runs in its own session
+                if process.poll() is None:
+                    os.killpg(process.pid, signal.SIGTERM)
+                    process.wait()
     print_table(paths, args.survivors)
 
 
