@@ -6,6 +6,7 @@ import torch
 from losses import CharbonnierLoss, CombinedLoss, HSVLoss, L1Loss, SaturationLoss, WindowAwareLoss, overexposure_mask
 from losses.color import SATURATION_FORMS
 from losses.colorspace import chroma_plane, luminance, rgb_to_hsv
+from losses.weighting import NormalizedLoss, UncertaintyWeightedLoss
 from losses.window import WINDOW_NORMALIZATIONS
 
 EXTREMES = {
@@ -186,3 +187,34 @@ def test_combined_loss_reports_every_term_and_weights_them():
     assert not values["l1"].requires_grad
     with pytest.raises(ValueError, match="non-zero weight"):
         CombinedLoss({"l1": (0.0, L1Loss())})
+
+
+class InputWeightedL1(torch.nn.Module):
+    """mean |pred - target| weighted by the as-shot input: a term whose value depends on all three arguments."""
+
+    def forward(self, pred, target, inp=None):
+        return ((pred - target).abs() * inp).mean()
+
+
+@pytest.mark.parametrize("combination", ["uncertainty", "normalized"])
+def test_learned_and_normalised_weightings_pass_pred_target_and_input_to_every_term(combination):
+    pred, target = torch.full((1, 3, 4, 4), 0.7), torch.full((1, 3, 4, 4), 0.2)
+    inp = torch.linspace(0, 1, 48).view(1, 3, 4, 4)
+    term = InputWeightedL1()
+    if combination == "uncertainty":
+        criterion = UncertaintyWeightedLoss({"l1": term})
+    else:
+        criterion = NormalizedLoss({"l1": (2.0, term)})
+    values = criterion(pred, target, inp)
+    expected = term(pred, target, inp)
+    assert values["l1"].item() == pytest.approx(expected.item()) and not values["l1"].requires_grad
+    # with s = 0 the uncertainty weight is 1; the first normalised step divides by itself
+    assert values["loss"].item() == pytest.approx(expected.item() if combination == "uncertainty" else 2.0)
+
+
+def test_weightings_refuse_having_no_term_and_drop_zero_weights():
+    with pytest.raises(ValueError, match="UncertaintyWeightedLoss needs at least one term"):
+        UncertaintyWeightedLoss({})
+    with pytest.raises(ValueError, match="NormalizedLoss needs at least one term with a non-zero weight"):
+        NormalizedLoss({"l1": (0.0, L1Loss())})
+    assert list(NormalizedLoss({"l1": (1.0, L1Loss()), "off": (0.0, L1Loss())}).terms) == ["l1"]

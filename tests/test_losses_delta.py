@@ -69,3 +69,14 @@ def test_delta_flags_build_the_loss():
     add_delta_args(parser)
     loss = delta_loss_from_args(parser.parse_args(["--fix-weight", "5", "--delta-threshold", "0.1"]))
     assert (loss.fix_weight, loss.preserve_weight, loss.threshold, loss.softness) == (5.0, 1.0, 0.1, 0.01)
+
+
+def test_delta_flags_default_to_the_catalog_values_and_every_flag_reaches_the_loss_as_a_float():
+    parser = argparse.ArgumentParser()
+    add_delta_args(parser)
+    default = delta_loss_from_args(parser.parse_args([]))
+    assert (default.fix_weight, default.preserve_weight, default.threshold, default.softness) == (3.0, 1.0, 0.05, 0.01)
+    given = delta_loss_from_args(parser.parse_args(["--fix-weight", "4", "--preserve-weight", "0.5",
+                                                    "--delta-threshold", "0.2", "--delta-softness", "0.03"]))
+    values = (given.fix_weight, given.preserve_weight, given.threshold, given.softness)
+    assert values == (4.0, 0.5, 0.2, 0.03) and all(type(value) is float for value in values)

@@ -6,8 +6,8 @@ from torch import nn
 from torchvision.models.vgg import cfgs, make_layers
 
 from losses.adversarial import AdversarialLoss
-from losses.perceptual import (VGG19_LAYER_NAMES, GramStyleLoss, VGG19Features, VGGPerceptualLoss,
-                               add_vgg_args, build_vgg19_features, gram_matrix)
+from losses.perceptual import (VGG19_LAYER_NAMES, GramStyleLoss, VGG19Features, VGGPerceptualLoss, add_vgg_args,
+                               build_vgg19_features, default_vgg_weights_path, gram_matrix)
 
 
 # --------------------------------------------------------------------------- VGG
@@ -104,3 +104,15 @@ def test_adversarial_gradients_go_to_the_right_network():
     pred.grad = None
     loss.discriminator_loss(pred, torch.rand(1, 3, 4, 4), torch.rand(1, 3, 4, 4)).backward()
     assert pred.grad is None and loss.discriminator.k.grad is not None
+
+
+def test_adversarial_loss_is_hinge_by_default():
+    inp, image = torch.rand(1, 3, 4, 4), torch.ones(1, 3, 4, 4)
+    default = AdversarialLoss(ConstantCritic(0.5))
+    assert default.discriminator_loss(image, image, inp).item() == pytest.approx(0.5 + 1.5)
+
+
+def test_default_vgg_weights_path_is_where_torch_hub_caches_vgg19(tmp_path, monkeypatch):
+    # torch.hub.load_state_dict_from_url, which torchvision's weights use, saves under <hub dir>/checkpoints
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    assert default_vgg_weights_path() == tmp_path / "checkpoints" / "vgg19-dcbb9e9d.pth"

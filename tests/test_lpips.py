@@ -6,7 +6,7 @@ import pytest
 import torch
 from torchvision.models import alexnet
 
-from losses.lpips import LPIPSLoss, add_lpips_args
+from losses.lpips import LPIPSLoss, add_lpips_args, default_lpips_weights_path
 
 
 
@@ -66,3 +66,9 @@ def test_flag_defaults_to_torchvisions_cache():
     add_lpips_args(parser)
     assert parser.parse_args([]).lpips_weights is None
     assert parser.parse_args(["--lpips-weights", "random"]).lpips_weights == "random"
+
+
+def test_default_weights_path_is_where_torch_hub_caches_alexnet(tmp_path, monkeypatch):
+    # torch.hub.load_state_dict_from_url, which torchvision's weights use, saves under <hub dir>/checkpoints
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    assert default_lpips_weights_path() == tmp_path / "checkpoints" / "alexnet-owt-7be5be79.pth"
