@@ -84,3 +84,44 @@ def test_shape_mismatch_and_bad_settings_raise():
         IlluminationConsistencyLoss()(torch.ones(1, 1, 8, 8), grey(0.4), grey(0.2))
     with pytest.raises(ValueError, match="eps > 0"):
         IlluminationConsistencyLoss(eps=0)
+
+
+def reference_illumination_loss(light_up, target, inp, smoothness_weight, edge_sharpness, eps):
+    """The module docstring's formula, written out per luma plane."""
+    def luma(x):
+        return 0.2126 * x[:, 0] + 0.7152 * x[:, 1] + 0.0722 * x[:, 2]
+    log_input = torch.log(luma(inp) + eps)
+    gain = torch.log(luma(inp * light_up).clamp(min=0) + eps) - log_input
+    edit = torch.log(luma(target) + eps) - log_input
+    fidelity = (gain - edit).abs().mean()
+    horizontal = ((gain[..., 1:] - gain[..., :-1]).abs()
+                  * torch.exp(-edge_sharpness * (log_input[..., 1:] - log_input[..., :-1]).abs())).mean()
+    vertical = ((gain[:, 1:] - gain[:, :-1]).abs()
+                * torch.exp(-edge_sharpness * (log_input[:, 1:] - log_input[:, :-1]).abs())).mean()
+    return fidelity + smoothness_weight * (horizontal + vertical) / 2
+
+
+def test_known_value_of_the_formula_on_a_random_map_with_the_default_settings():
+    generator = torch.Generator().manual_seed(0)
+    inp = torch.rand(2, 3, 5, 7, generator=generator)
+    inp[0, :, 0, 0] = 0.0  # a black pixel, where eps bounds the log
+    target = torch.rand(2, 3, 5, 7, generator=generator)
+    light_up = 0.5 + 2 * torch.rand(2, 3, 5, 7, generator=generator)
+    expected = reference_illumination_loss(light_up, target, inp, 0.1, 10.0, ILLUMINATION_EPS)
+    assert IlluminationConsistencyLoss()(light_up, target, inp).item() == pytest.approx(expected.item(), rel=1e-5)
+    # the map is compared with the input's RGB only: a stacked network input (extra channels) gives the same
+    stacked = torch.cat([inp, torch.rand(2, 2, 5, 7, generator=generator)], dim=1)
+    assert IlluminationConsistencyLoss()(light_up, target, stacked).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_settings_at_their_bounds_are_accepted_and_a_negative_smoothness_weight_is_not():
+    for edge_sharpness in (0.0, 0.5):
+        IlluminationConsistencyLoss(edge_sharpness=edge_sharpness)
+    with pytest.raises(ValueError, match="smoothness_weight >= 0"):
+        IlluminationConsistencyLoss(smoothness_weight=-1.0)
+
+
+def test_shape_refusal_names_the_map_and_the_input_rgb_shapes():
+    stacked = torch.rand(1, 5, 8, 8)
+    with pytest.raises(ValueError, match=r"^light-up map \(1, 1, 8, 8\) must match the input's RGB \(1, 3, 8, 8\)$"):
+        IlluminationConsistencyLoss()(torch.ones(1, 1, 8, 8), grey(0.4), stacked)

@@ -213,8 +213,8 @@ def test_learned_and_normalised_weightings_pass_pred_target_and_input_to_every_t
 
 
 def test_weightings_refuse_having_no_term_and_drop_zero_weights():
-    with pytest.raises(ValueError, match="UncertaintyWeightedLoss needs at least one term"):
+    with pytest.raises(ValueError, match="^UncertaintyWeightedLoss needs at least one term$"):
         UncertaintyWeightedLoss({})
-    with pytest.raises(ValueError, match="NormalizedLoss needs at least one term with a non-zero weight"):
+    with pytest.raises(ValueError, match="^NormalizedLoss needs at least one term with a non-zero weight$"):
         NormalizedLoss({"l1": (0.0, L1Loss())})
     assert list(NormalizedLoss({"l1": (1.0, L1Loss()), "off": (0.0, L1Loss())}).terms) == ["l1"]

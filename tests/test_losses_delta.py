@@ -1,5 +1,6 @@
 """The delta-aware loss: weights where input and target differ, known values, and its flags."""
 import argparse
+import re
 
 import pytest
 import torch
@@ -80,3 +81,27 @@ def test_delta_flags_default_to_the_catalog_values_and_every_flag_reaches_the_lo
                                                     "--delta-threshold", "0.2", "--delta-softness", "0.03"]))
     values = (given.fix_weight, given.preserve_weight, given.threshold, given.softness)
     assert values == (4.0, 0.5, 0.2, 0.03) and all(type(value) is float for value in values)
+
+
+def test_delta_refusal_names_the_expected_and_the_given_input_shapes():
+    inp, target = half_changed_pair()
+    hint = " (models with extra input channels: pass inp[:, :3])"
+    for given, shown in ((None, "None"), (torch.cat([inp, inp[:, :1]], dim=1), "(1, 4, 8, 8)")):
+        message = f"DeltaAwareLoss needs the as-shot RGB input with the target's shape (1, 3, 8, 8), got {shown}{hint}"
+        with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+            DeltaAwareLoss()(target, target, given)
+
+
+def test_delta_is_the_plain_mean_error_when_the_weights_sum_below_one():
+    # one unchanged pixel of weight 0.2: L = sum(w e) / (C sum(w)) = mean e
+    inp = torch.full((1, 3, 1, 1), 0.5)
+    pred = inp + torch.tensor([0.1, 0.2, 0.3]).view(1, 3, 1, 1)
+    assert DeltaAwareLoss(fix_weight=0.3, preserve_weight=0.2)(pred, inp, inp).item() == pytest.approx(0.2, rel=1e-5)
+
+
+def test_delta_pixel_weights_use_the_given_softness():
+    inp, target = half_changed_pair()
+    weights = DeltaAwareLoss(fix_weight=3.0, preserve_weight=1.0, softness=0.1).pixel_weights(inp, target)
+    # unchanged pixels: delta 0, mask sigmoid((0 - 0.05) / 0.1)
+    expected = 1.0 + 2.0 * torch.sigmoid(torch.tensor(-0.5)).item()
+    assert weights[..., 4:].mean().item() == pytest.approx(expected, rel=1e-5)

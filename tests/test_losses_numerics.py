@@ -98,3 +98,14 @@ def test_finite_fp32_under_autocast(loss, dtype):
     value.backward()
     assert value.dtype == torch.float32 and torch.isfinite(value) and torch.isfinite(pred.grad).all()
     assert value.item() == pytest.approx(loss(pred.detach(), target, inp).item(), rel=2e-2)
+
+
+def test_losses_that_turn_autocast_off_give_their_fp32_value_under_bf16_autocast():
+    # their convolutions and FFTs would otherwise run in bf16 (about 3 significant digits)
+    generator = torch.Generator().manual_seed(0)
+    pred, target, inp = (torch.rand(1, 3, 32, 32, generator=generator) for _ in range(3))
+    for loss in [EdgeLoss(), FocalFrequencyLoss(), SSIMLoss()]:
+        exact = loss(pred, target, inp)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed = loss(pred, target, inp)
+        assert mixed.item() == pytest.approx(exact.item(), rel=1e-5), type(loss).__name__

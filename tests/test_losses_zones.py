@@ -6,7 +6,7 @@ import torch
 
 from losses.luminance_attention import LuminanceAttentionLoss, luminance_attention_maps
 from losses.zone_aware import ZoneAwareLoss, hdr_zone_masks
-from losses.zones import AdaptiveZoneLoss, percentile_thresholds
+from losses.zones import AdaptiveZoneLoss, exposure_zones, percentile_thresholds
 
 
 # --------------------------------------------------------------------------- zones
@@ -94,3 +94,22 @@ def test_zone_loss_known_values():
 def test_zone_loss_validates_percentiles():
     with pytest.raises(ValueError, match="shadow_percentile < highlight_percentile"):
         AdaptiveZoneLoss(shadow_percentile=90, highlight_percentile=25)
+
+
+def test_exposure_zones_stay_a_partition_within_0_1_where_the_thresholds_meet():
+    flat = torch.full((1, 3, 4, 4), 0.5)  # both thresholds at the image's one luma
+    masks = exposure_zones(flat, torch.tensor([0.25, 0.9]))
+    assert masks.min() >= 0 and masks.max() <= 1 and torch.allclose(masks.sum(dim=1), torch.ones(1, 4, 4))
+    assert masks[:, 2].max().item() == pytest.approx(0.25)  # sigmoid(0) x (1 - sigmoid(0))
+
+
+def test_zone_loss_is_the_weighted_per_zone_mean_error_on_a_tiny_image():
+    # a 2x2 image: every zone's mask sums to less than 2 pixels, the floor at 1 pixel decides
+    generator = torch.Generator().manual_seed(0)
+    inp, pred, target = (torch.rand(1, 3, 2, 2, generator=generator) for _ in range(3))
+    loss = AdaptiveZoneLoss(softness=0.2, shadow_weight=1.5, midtone_weight=1.0, highlight_weight=2.0)
+    masks = exposure_zones(inp, torch.tensor([0.25, 0.9]), softness=0.2)
+    error = (pred - target).abs().mean(dim=1)  # per pixel, over the channels
+    expected = sum(weight * (masks[0, z] * error[0]).sum() / max(masks[0, z].sum().item(), 1.0)
+                   for z, weight in enumerate((1.5, 1.0, 2.0)))
+    assert loss(pred, target, inp).item() == pytest.approx(expected.item(), rel=1e-5)
