@@ -6,6 +6,7 @@ import torch
 from losses import CharbonnierLoss, CombinedLoss, HSVLoss, L1Loss, SaturationLoss, WindowAwareLoss, overexposure_mask
 from losses.color import SATURATION_FORMS
 from losses.colorspace import chroma_plane, luminance, rgb_to_hsv
+from losses.side_output import SideOutputLoss
 from losses.weighting import NormalizedLoss, UncertaintyWeightedLoss
 from losses.window import WINDOW_NORMALIZATIONS
 
@@ -218,3 +219,9 @@ def test_weightings_refuse_having_no_term_and_drop_zero_weights():
     with pytest.raises(ValueError, match="^NormalizedLoss needs at least one term with a non-zero weight$"):
         NormalizedLoss({"l1": (0.0, L1Loss())})
     assert list(NormalizedLoss({"l1": (1.0, L1Loss()), "off": (0.0, L1Loss())}).terms) == ["l1"]
+
+
+def test_side_output_is_compared_with_the_block_means_of_a_textured_target_not_a_sample_of_it():
+    y, x = torch.meshgrid(torch.arange(16), torch.arange(16), indexing="ij")
+    checkerboard = ((x + y) % 2).float().expand(1, 3, 16, 16)  # every 8x8 block averages to 0.5
+    assert SideOutputLoss()(torch.full((1, 3, 2, 2), 0.5), checkerboard).item() == pytest.approx(0.0, abs=1e-6)
