@@ -26,6 +26,11 @@ def test_pixel_losses_known_values():
     assert CharbonnierLoss(eps=1e-3)(pred, target).item() == pytest.approx((0.2 ** 2 + 1e-6) ** 0.5)
 
 
+def test_charbonnier_default_eps_is_1e_3():
+    # at zero error the loss is eps itself
+    assert CharbonnierLoss()(torch.zeros(1, 3, 2, 2), torch.zeros(1, 3, 2, 2)).item() == pytest.approx(1e-3)
+
+
 def test_hsv_matches_colorsys():
     rgb = torch.rand(1, 3, 5, 7, generator=torch.Generator().manual_seed(0))
     hsv = rgb_to_hsv(rgb, eps=1e-9)

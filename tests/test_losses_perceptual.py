@@ -116,3 +116,12 @@ def test_default_vgg_weights_path_is_where_torch_hub_caches_vgg19(tmp_path, monk
     # torch.hub.load_state_dict_from_url, which torchvision's weights use, saves under <hub dir>/checkpoints
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
     assert default_vgg_weights_path() == tmp_path / "checkpoints" / "vgg19-dcbb9e9d.pth"
+
+
+def test_vgg19_layer_names_follow_the_paper_numbering_of_torchvision_features():
+    expected = []
+    for block, convolutions in enumerate((2, 2, 4, 4, 4), start=1):
+        for index in range(1, convolutions + 1):
+            expected += [f"conv{block}_{index}", f"relu{block}_{index}"]
+        expected.append(f"pool{block}")
+    assert VGG19_LAYER_NAMES == expected and len(expected) == len(make_layers(cfgs["E"]))
