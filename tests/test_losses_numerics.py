@@ -69,15 +69,17 @@ EXTREMES_16 = {
     "red": torch.tensor([1.0, 0.0, 0.0]).view(1, 3, 1, 1).expand(1, 3, 16, 16).clone(),
     "blue": torch.tensor([0.0, 0.0, 1.0]).view(1, 3, 1, 1).expand(1, 3, 16, 16).clone(),
 }
-MASKED_AND_STRUCTURAL_LOSSES = [DeltaAwareLoss(), AdaptiveZoneLoss(), ColorDirectionLoss(), EdgeLoss(), SSIMLoss()]
+# classes, built inside each test: mutation testing cannot test constructors run at this file's import
+MASKED_AND_STRUCTURAL_LOSSES = [DeltaAwareLoss, AdaptiveZoneLoss, ColorDirectionLoss, EdgeLoss, SSIMLoss]
 
 
 # --------------------------------------------------------------------------- delta, zones, direction, edge, SSIM
 
 @pytest.mark.parametrize("name", list(EXTREMES_16))
-@pytest.mark.parametrize("loss", MASKED_AND_STRUCTURAL_LOSSES, ids=lambda l: type(l).__name__)
+@pytest.mark.parametrize("loss_class", MASKED_AND_STRUCTURAL_LOSSES, ids=lambda c: c.__name__)
 @pytest.mark.parametrize("target_kind", ["random", "same"])
-def test_masked_and_structural_gradients_finite_at_extremes(loss, name, target_kind):
+def test_masked_and_structural_gradients_finite_at_extremes(loss_class, name, target_kind):
+    loss = loss_class()
     pred = EXTREMES_16[name].clone().requires_grad_(True)
     target = torch.rand_like(pred) if target_kind == "random" else EXTREMES_16[name]
     value = loss(pred, target, EXTREMES_16[name])
@@ -86,8 +88,9 @@ def test_masked_and_structural_gradients_finite_at_extremes(loss, name, target_k
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("loss", MASKED_AND_STRUCTURAL_LOSSES, ids=lambda l: type(l).__name__)
-def test_finite_fp32_under_autocast(loss, dtype):
+@pytest.mark.parametrize("loss_class", MASKED_AND_STRUCTURAL_LOSSES, ids=lambda c: c.__name__)
+def test_finite_fp32_under_autocast(loss_class, dtype):
+    loss = loss_class()
     generator = torch.Generator().manual_seed(0)
     pred = torch.rand(2, 3, 16, 16, generator=generator).requires_grad_(True)
     inp = torch.rand(2, 3, 16, 16, generator=generator)
