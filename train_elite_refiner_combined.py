@@ -24,7 +24,7 @@ import torch
 from data.build import build_datasets
 from data.loaders import val_loader
 from losses import CombinedLoss, L1Loss, SaturationLoss, WindowAwareLoss
-from losses.color import SATURATION_FORMS
+from losses.color import DEFAULT_SATURATION_FORM, SATURATION_FORM_HELP, SATURATION_FORMS
 from losses.window import WINDOW_SOFTNESS, WINDOW_THRESHOLD
 from utils.checkpoint import model_spec
 from utils.cli import base_parser, parse_args, run_cli
@@ -45,9 +45,8 @@ def main(argv=None):
     parser.add_argument("--l1-weight", type=float, default=1.0)
     parser.add_argument("--window-weight", type=float, default=0.5)
     parser.add_argument("--saturation-weight", type=float, default=0.3)
-    parser.add_argument("--saturation-form", choices=SATURATION_FORMS, default="weighted",
-                        help="as train_restormer_512_combined_loss.py: weighted (|dS| x the prediction's value) "
-                             "or catalog (plain |dS|)")
+    parser.add_argument("--saturation-form", choices=SATURATION_FORMS, default=DEFAULT_SATURATION_FORM,
+                        help=SATURATION_FORM_HELP)
     parser.add_argument("--window-threshold", type=float, default=WINDOW_THRESHOLD,
                         help="input luma above which a pixel counts as over-exposed (soft)")
     parser.add_argument("--window-softness", type=float, default=WINDOW_SOFTNESS)

@@ -126,7 +126,7 @@ def test_loss_decreases_on_a_fixed_batch(script, tiny_pairs, tmp_path, monkeypat
 
 LOSS_FLAG_CASES = {
     "combined_loss_defaults": ("train_restormer_512_combined_loss.py", [],
-                               {"l1": 1.0, "window": 0.5, "saturation": 0.3}, ("saturation", "form", "weighted")),
+                               {"l1": 1.0, "window": 0.5, "saturation": 0.3}, ("saturation", "form", "chroma")),
     "combined_loss_catalog_form": ("train_restormer_512_combined_loss.py",
                                    ["--l1-weight", "0.9", "--window-weight", "0.7", "--saturation-weight", "0.2",
                                     "--saturation-form", "catalog"],
