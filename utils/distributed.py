@@ -24,6 +24,7 @@ logged losses are the mean over all ranks.
 import datetime
 import os
 import shutil
+import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,10 +63,12 @@ class Distributed:
             dist.barrier()
 
 
-def init_distributed(device_name: str) -> Distributed:
+def init_distributed(device_name: str, require_group: bool = False) -> Distributed:
     """Join the process group that torchrun's environment describes (NCCL on CUDA, gloo on CPU);
-    without torchrun (no WORLD_SIZE) one process, no group. On CUDA each process takes
-    ``cuda:LOCAL_RANK``."""
+    without torchrun (no WORLD_SIZE) one process, no group, unless ``require_group`` (DeepSpeed):
+    then a group of this one process. On CUDA each process takes ``cuda:LOCAL_RANK``."""
+    if require_group and "WORLD_SIZE" not in os.environ:
+        _single_process_environment()
     launched = "WORLD_SIZE" in os.environ
     rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
@@ -79,10 +82,19 @@ def init_distributed(device_name: str) -> Distributed:
     return Distributed(rank, world_size, local_rank, device, active=dist.is_initialized())
 
 
-def setup_distributed(args) -> Distributed:
-    """:func:`utils.run.setup` (seed, backend, run folder) after joining the process group; sets
-    ``args.device`` to this rank's device and records the world size in the config."""
-    context = init_distributed(args.device)
+def _single_process_environment() -> None:
+    """What torchrun would set for one process (rank 0 of 1 on this host, a free port)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+
+
+def setup_distributed(args, require_group: bool = False) -> Distributed:
+    """:func:`utils.run.setup` (seed, backend, run folder) after joining the process group (see
+    :func:`init_distributed`); sets ``args.device`` to this rank's device and records the world size
+    in the config."""
+    context = init_distributed(args.device, require_group)
     args.device = str(context.device)
     args.world_size = context.world_size
     setup(args)
@@ -248,7 +260,8 @@ class DistributedRun(Run):
 
     @property
     def sharded(self) -> bool:
-        return isinstance(self.state, ShardedTrainingState)
+        """The state is sharded over the ranks (FSDP2, DeepSpeed): gathering and saving are collective."""
+        return hasattr(self.state, "save_sharded")
 
     def validate(self) -> dict:
         if self.sharded:
