@@ -179,7 +179,13 @@ def deepspeed_config(args, world_size: int, on_cuda: bool) -> dict:
     source = "the DeepSpeed config"
     if args.deepspeed_config:
         source = f"--deepspeed-config {args.deepspeed_config}"
-        config = merge_config(config, read_config_file(args.deepspeed_config))
+        file = read_config_file(args.deepspeed_config)
+        if "train_batch_size" in file:  # the file's global batch wins over the flags' per-process sizes
+            derived = ("gradient_accumulation_steps" if "train_micro_batch_size_per_gpu" in file
+                       else "train_micro_batch_size_per_gpu")
+            if derived not in file:
+                del config[derived]
+        config = merge_config(config, file)
     config = resolve_batch(config, world_size, source)
     amp = precision_of(config, source)
     if amp == "fp16" and not on_cuda:
@@ -275,7 +281,8 @@ def fp32_weights(folder: Path, tag: str) -> dict:
     files in full: only for checkpoints this run just wrote)."""
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):  # its progress lines
-        return dict(get_fp32_state_dict_from_zero_checkpoint(str(folder), tag=tag))
+        weights = get_fp32_state_dict_from_zero_checkpoint(str(folder), tag=tag)
+    return {name: tensor.detach() for name, tensor in weights.items()}
 
 
 class EngineSteps:
