@@ -17,8 +17,8 @@ Usage:
     torchrun --standalone --nproc_per_node 4 train_mamba_deepspeed_512.py --data DATA --resume runs/train_mamba_deepspeed_512
     python train_mamba_deepspeed_512.py                 # one process, built-in demo data
 CPU smoke test (seconds, after DeepSpeed's first-run build of its CPU communication kernel):
-    python train_mamba_deepspeed_512.py --steps 4 --crop 32 --batch-size 1 --dim 30 --num-blocks 1 1 1 1 \
-        --num-refinement-blocks 1 --mlp-ratio 1 --val-every 2 --out /tmp/smoke
+    python train_mamba_deepspeed_512.py --steps 4 --crop 16 --val-crop 16 --batch-size 1 --dim 30 \
+        --num-blocks 1 1 1 1 --num-refinement-blocks 1 --mlp-ratio 1 --val-every 2 --out /tmp/smoke
 """
 from data.build import build_datasets
 from data.loaders import val_loader

@@ -267,7 +267,7 @@ def init_deepspeed(model: torch.nn.Module, args, context):
     schedule = None if "scheduler" in config else (lambda optimizer: cosine_with_warmup(optimizer, args.warmup, args.steps))
     try:
         engine, *_ = deepspeed.initialize(model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
-                                          config=config, lr_scheduler=schedule)
+                                          config=config, lr_scheduler=schedule, dist_init_required=False)
     except (ValueError, TypeError, AssertionError, KeyError) as error:
         first = (str(error).strip().splitlines() or [type(error).__name__])
         raise ValueError(f"DeepSpeed refused the config ({RESOLVED_CONFIG_NAME} in {args.out}): "
@@ -351,7 +351,7 @@ class DeepSpeedTrainingState:
         self.context.barrier()
         if self.context.is_main:
             atomic_save({"format": CHECKPOINT_FORMAT, "step": step, "config": self.config,
-                         "model": fp32_weights(folder, tag),
+                         "model": fp32_weights(folder, tag), "rng": run_state["rng"],
                          "deepspeed": {"folder": CHECKPOINT_FOLDER, "tag": tag, "world_size": self.context.world_size},
                          "extra": extra or {}}, Path(run_dir) / "last.pt")
             for old in folder.iterdir():

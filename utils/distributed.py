@@ -65,10 +65,10 @@ class Distributed:
 
 def init_distributed(device_name: str, require_group: bool = False) -> Distributed:
     """Join the process group that torchrun's environment describes (NCCL on CUDA, gloo on CPU);
-    without torchrun (no WORLD_SIZE) one process, no group, unless ``require_group`` (DeepSpeed):
-    then a group of this one process. On CUDA each process takes ``cuda:LOCAL_RANK``."""
-    if require_group and "WORLD_SIZE" not in os.environ:
-        _single_process_environment()
+    without torchrun (no WORLD_SIZE) one process, no group, unless ``require_group`` (DeepSpeed
+    needs one): then a group of this one process on a free local port (and LOCAL_RANK 0, which
+    DeepSpeed reads); the environment is otherwise left alone, so a later in-process run is not
+    taken for a torchrun one. On CUDA each process takes ``cuda:LOCAL_RANK``."""
     launched = "WORLD_SIZE" in os.environ
     rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
@@ -76,18 +76,19 @@ def init_distributed(device_name: str, require_group: bool = False) -> Distribut
     if device.type == "cuda":
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
-    if launched and not dist.is_initialized():
+    if (launched or require_group) and not dist.is_initialized():
+        single = {} if launched else {"init_method": f"tcp://127.0.0.1:{_free_port()}", "rank": 0, "world_size": 1}
+        if not launched:
+            os.environ.setdefault("LOCAL_RANK", "0")
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=PROCESS_GROUP_TIMEOUT,
-                                device_id=device if device.type == "cuda" else None)
+                                device_id=device if device.type == "cuda" else None, **single)
     return Distributed(rank, world_size, local_rank, device, active=dist.is_initialized())
 
 
-def _single_process_environment() -> None:
-    """What torchrun would set for one process (rank 0 of 1 on this host, a free port)."""
+def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        return probe.getsockname()[1]
 
 
 def setup_distributed(args, require_group: bool = False) -> Distributed:
@@ -280,10 +281,15 @@ class DistributedRun(Run):
 
 
 def shutdown() -> None:
-    """Leave the process group cleanly: wait for every rank, then destroy it."""
+    """Leave the process group cleanly: wait for every rank, then destroy it; through DeepSpeed when it
+    is loaded (it keeps references to the groups, which its own destroy releases: a later group in
+    this process then starts clean)."""
     if dist.is_initialized():
         dist.barrier()
-        dist.destroy_process_group()
+        if "deepspeed.comm" in sys.modules:
+            sys.modules["deepspeed.comm"].destroy_process_group()
+        else:
+            dist.destroy_process_group()
 
 
 def run_distributed_cli(main) -> None:
