@@ -311,9 +311,8 @@ def test_deepspeed_run_folder_is_written_by_rank_0_only_and_each_rank_its_partit
 
 def test_deepspeed_checkpoints_enhance_from_the_run_folder_and_last_pt(deepspeed_runs):
     tmp, _ = deepspeed_runs
-    check_enhances(tmp / "two_s3")
-    check_enhances(tmp / "two_s3" / "last.pt")
-    check_enhances(tmp / "mamba_two" / "last.pt")
+    check_enhances(tmp / "two_s3")  # its best.pt: the gathered weights
+    check_enhances(tmp / "mamba_two" / "last.pt")  # the zero_to_fp32 weights
 
 
 def test_deepspeed_config_is_built_from_the_flags_and_the_file_wins(tmp_path):
@@ -370,3 +369,31 @@ def test_deepspeed_config_that_deepspeed_refuses_ends_the_recipe_with_one_line(p
     error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(error_lines) == 1 and "DeepSpeed refused the config" in error_lines[0] and "stage" in error_lines[0]
     assert "Traceback" not in result.stderr
+
+
+def test_deepspeed_non_finite_gradient_norm_stops_the_run_at_logging_time():
+    from utils.deepspeed_engine import EngineSteps
+    from utils.training import NonFiniteLossError
+
+    class Engine:
+        norm, micro_steps = float("nan"), 3
+
+        def get_global_grad_norm(self):
+            return self.norm
+
+        def fp16_enabled(self):
+            return False
+
+        def gradient_accumulation_steps(self):
+            return 2
+
+    engine = Engine()
+    steps = EngineSteps(engine)
+    assert not steps.stepped  # the 3rd micro-batch of 2-batch steps ends none
+    with pytest.raises(NonFiniteLossError, match="non-finite"):
+        steps.check()
+    engine.norm = None  # the norm's computation turned off in the config: nothing to check
+    steps.check()
+    engine.norm, engine.micro_steps = 0.5, 4
+    steps.check()
+    assert steps.stepped and steps.grad_norm == 0.5

@@ -304,11 +304,13 @@ class EngineSteps:
 
     @property
     def grad_norm(self) -> float:
+        """The last step's global gradient norm (NaN where the config turned its computation off)."""
         norm = self.engine.get_global_grad_norm()
         return float("nan") if norm is None else float(norm)
 
     def check(self) -> None:
-        if not self.engine.fp16_enabled() and not math.isfinite(self.grad_norm):
+        norm = self.engine.get_global_grad_norm()
+        if norm is not None and not self.engine.fp16_enabled() and not math.isfinite(float(norm)):
             raise NonFiniteLossError("the gradient norm is NaN/inf: the weights took a non-finite step; lower --lr, "
                                      "use --amp bf16 or none, or check the data for corrupt images, then resume "
                                      "from an earlier last.pt")

@@ -230,9 +230,10 @@ class DistributedRun(Run):
     """:class:`utils.run.Run` across the ranks of a data-parallel job: every rank resumes from the
     same checkpoint and counts the same steps; rank 0 alone writes the run folder, shows the progress
     bar and validates; the logged training losses are averaged over the ranks (one all-reduce per
-    logging interval); throughput counts the images of all ranks. With a
-    :class:`ShardedTrainingState` every rank takes part in gathering the weights for validation and
-    in writing last.pt's shards."""
+    logging interval); throughput counts the images of all ranks. With a sharded state
+    (:class:`ShardedTrainingState`, :class:`utils.deepspeed_engine.DeepSpeedTrainingState`: it has
+    ``gather`` and ``save_sharded``) every rank takes part in gathering the weights for validation
+    and in writing last.pt's shards."""
 
     def __init__(self, args, state, context: Distributed, **kwargs):
         self.context = context
