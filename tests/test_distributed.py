@@ -243,7 +243,7 @@ def series(runs: list, tmp: Path, nproc: int) -> str:
 @pytest.fixture(scope="module")
 def deepspeed_runs(photos, tmp_path_factory):
     """Two launches: 2 processes x batch 1 for 2 steps at ZeRO stages 1, 2, 3 (3 with activation
-    checkpointing) and MambaIR-UNet at stage 3; then 1 process x batch 2 (stage 2) for 2 and 3 steps, the
+    checkpointing), stage 2 in bf16 (``--amp none`` replaced) and MambaIR-UNet at stage 3; then 1 process x batch 2 (stage 2) for 2 and 3 steps, the
     stage-2 and stage-3 checkpoints resumed on 1 process (universal) and the 1-process one resumed on
     1 (the same world size), each to 3 steps. MambaIR's reference accumulates 2 micro-batches of 1
     (--grad-accum 2): its 1 x 2 differs from 2 x 1 by up to 1.5e-6 in a few weights whose gradients are
@@ -256,6 +256,8 @@ def deepspeed_runs(photos, tmp_path_factory):
     stdout = series([[recipe, [*restormer, "--batch-size", "1", "--steps", "2", "--zero-stage", str(stage),
                                *extra, "--out", str(tmp / f"two_s{stage}")]]
                      for stage, extra in ((1, []), (2, []), (3, ["--grad-checkpoint"]))]
+                    + [[recipe, [*restormer, "--batch-size", "1", "--steps", "2", "--amp", "bf16",
+                                 "--out", str(tmp / "two_bf16")]]]
                     + [[mamba_recipe, [*mamba, "--batch-size", "1", "--steps", "2", "--zero-stage", "3",
                                        "--out", str(tmp / "mamba_two")]]], tmp, nproc=2)
     one = [*restormer, "--batch-size", "2", "--zero-stage", "2"]
@@ -278,6 +280,19 @@ def test_deepspeed_two_processes_train_as_one_with_the_double_batch_at_every_zer
     check_equivalence(tmp, tiny_mamba, two="mamba_two", one="mamba_one")  # stage 3, and --grad-accum
 
 
+def test_deepspeed_bf16_trains_bf16_weights_on_fp32_masters_that_start_at_the_exact_weights(deepspeed_runs):
+    tmp, _ = deepspeed_runs
+    assert json.loads((tmp / "two_bf16" / "deepspeed_config.json").read_text())["bf16"]["enabled"]
+    bf16, fp32 = weights(tmp / "two_bf16"), weights(tmp / "one_2")
+    assert all(w.dtype == torch.float32 for w in bf16.values())
+    torch.manual_seed(0)
+    initial = tiny_restormer().state_dict()
+    # 2 Adam steps of lr 1e-5 and 2e-5 (warm-up) move a weight by at most 3e-5; masters copied from
+    # the bf16-cast weights would start up to ~1e-3 away
+    assert max((bf16[k] - initial[k]).abs().max().item() for k in bf16) <= 3.01e-5
+    assert 1e-7 < max((bf16[k] - fp32[k]).abs().max().item() for k in bf16)  # bf16 really ran
+
+
 def test_deepspeed_checkpoint_of_two_processes_resumes_on_one_through_the_universal_checkpoint(deepspeed_runs):
     tmp, _ = deepspeed_runs
     for stage in (2, 3):
@@ -294,7 +309,7 @@ def test_deepspeed_checkpoint_of_two_processes_resumes_on_one_through_the_univer
 def test_deepspeed_run_folder_is_written_by_rank_0_only_and_each_rank_its_partition(deepspeed_runs):
     tmp, stdout = deepspeed_runs
     run = tmp / "two_s2"
-    assert stdout.count("identity baseline") == 4  # once per run of the launch: rank 0's
+    assert stdout.count("identity baseline") == 5  # once per run of the launch: rank 0's
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     counts = Counter((r["step"], r["split"]) for r in records)
     assert counts and max(counts.values()) == 1, counts

@@ -19,7 +19,8 @@ Facts from DeepSpeed's own code (deepspeed 0.19, ``runtime/engine.py``, ``checkp
   (--lr, --weight-decay; ``torch_adam``: torch's AdamW, no kernel to build; with
   ``offload_optimizer`` DeepSpeed's CPU Adam, built on the first run); ``gradient_clipping``
   (--grad-clip); ``bf16`` / ``fp16`` (--amp: bf16 weights for the forward, fp32 master weights in the
-  optimizer; fp16 adds dynamic loss scaling, on CUDA only); ``zero_optimization.stage`` (--zero-stage)
+  optimizer, set at stages 1-2 to the exact fp32 weights after DeepSpeed's cast; fp16 adds dynamic
+  loss scaling, on CUDA only); ``zero_optimization.stage`` (--zero-stage)
   and ``offload_optimizer.device: cpu`` (--offload-optimizer). A ``--deepspeed-config FILE`` is merged
   over it, its keys winning (nested sections key by key); the batch sizes, lr, clipping and precision
   the engine then uses are written back into the run's config, and the resolved DeepSpeed config is
@@ -264,14 +265,26 @@ def init_deepspeed(model: torch.nn.Module, args, context):
         config = merge_config(config, {"checkpoint": {"load_universal": True}})
     if context.is_main:
         Path(args.out, RESOLVED_CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+    # bf16/fp16: DeepSpeed casts the module, then copies the fp32 master weights from the cast ones
+    # (initial or --pretrained weights rounded to 8 bits of mantissa); at stages 1-2 they are reset to
+    # the exact fp32 weights after it. Stage 3's setter fails on a partition's padding (deepspeed
+    # 0.19.8, a parameter smaller than the world size), so there the masters start rounded.
+    stage = config.get("zero_optimization", {}).get("stage", 0)
+    exact = ({name: param.detach().clone() for name, param in model.named_parameters()}
+             if args.amp != "none" and stage < 3 else None)
     schedule = None if "scheduler" in config else (lambda optimizer: cosine_with_warmup(optimizer, args.warmup, args.steps))
     try:
         engine, *_ = deepspeed.initialize(model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
                                           config=config, lr_scheduler=schedule, dist_init_required=False)
     except (ValueError, TypeError, AssertionError, KeyError) as error:
-        first = (str(error).strip().splitlines() or [type(error).__name__])
+        lines = str(error).strip().splitlines() or [type(error).__name__]
         raise ValueError(f"DeepSpeed refused the config ({RESOLVED_CONFIG_NAME} in {args.out}): "
-                         + " ".join(line.strip() for line in first[:3])) from error
+                         + " ".join(line.strip() for line in lines[:3])) from error
+    if exact is not None:
+        from deepspeed.utils import safe_set_full_fp32_param
+        for name, param in engine.module.named_parameters():
+            if param.requires_grad:
+                safe_set_full_fp32_param(param, exact[name])
     return engine
 
 
