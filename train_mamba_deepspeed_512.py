@@ -14,7 +14,8 @@ best.pt the validated fp32 weights. No EMA (partitioned weights).
 Usage:
     torchrun --standalone --nproc_per_node 2 train_mamba_deepspeed_512.py --data /path/to/pairs
     torchrun --standalone --nproc_per_node 8 train_mamba_deepspeed_512.py --data DATA --batch-size 2 --zero-stage 3
-    torchrun --standalone --nproc_per_node 4 train_mamba_deepspeed_512.py --data DATA --resume runs/train_mamba_deepspeed_512
+    torchrun --standalone --nproc_per_node 4 train_mamba_deepspeed_512.py --data DATA \
+        --resume runs/train_mamba_deepspeed_512          # saved by 8: converted to a universal checkpoint
     python train_mamba_deepspeed_512.py                 # one process, built-in demo data
 CPU smoke test (seconds, after DeepSpeed's first-run build of its CPU communication kernel):
     python train_mamba_deepspeed_512.py --steps 4 --crop 16 --val-crop 16 --batch-size 1 --dim 30 \

@@ -243,12 +243,13 @@ def series(runs: list, tmp: Path, nproc: int) -> str:
 @pytest.fixture(scope="module")
 def deepspeed_runs(photos, tmp_path_factory):
     """Two launches: 2 processes x batch 1 for 2 steps at ZeRO stages 1, 2, 3 (3 with activation
-    checkpointing), stage 2 in bf16 (``--amp none`` replaced) and MambaIR-UNet at stage 3; then 1 process x batch 2 (stage 2) for 2 and 3 steps, the
-    stage-2 and stage-3 checkpoints resumed on 1 process (universal) and the 1-process one resumed on
-    1 (the same world size), each to 3 steps. MambaIR's reference accumulates 2 micro-batches of 1
-    (--grad-accum 2): its 1 x 2 differs from 2 x 1 by up to 1.5e-6 in a few weights whose gradients are
-    ~1e-8 (the rounding of a batch-2 backward against two batch-1 ones, amplified by Adam's eps), and
-    so does it from 1 x 1 x 2; 2 x 1 and 1 x 1 x 2 run the same backward passes."""
+    checkpointing), stage 2 in bf16 (``--amp none`` replaced) and MambaIR-UNet at stage 3; then 1
+    process x batch 2 (stage 2) for 2 and 3 steps, the stage-2 and stage-3 checkpoints resumed on 1
+    process (universal) and the 1-process one resumed on 1 (the same world size), each to 3 steps.
+    MambaIR's reference accumulates 2 micro-batches of 1 (--grad-accum 2): its 1 x 2 differs from
+    2 x 1 by up to 1.5e-6 in a few weights whose gradients are ~1e-8 (the rounding of a batch-2
+    backward against two batch-1 ones, amplified by Adam's eps; 1 x 2 differs as much from
+    1 x 1 x 2); 2 x 1 and 1 x 1 x 2 run the same backward passes."""
     tmp = tmp_path_factory.mktemp("deepspeed")
     restormer = ["--data", str(photos), "--crop", "32", *TINY_RESTORMER, *TRAINING, "--lr", "1e-3"]
     mamba = ["--data", str(photos), "--crop", "16", "--val-crop", "16", *TINY_MAMBA, *MAMBA_TRAINING, "--lr", "3e-4"]

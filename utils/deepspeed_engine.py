@@ -272,10 +272,12 @@ def init_deepspeed(model: torch.nn.Module, args, context):
     stage = config.get("zero_optimization", {}).get("stage", 0)
     exact = ({name: param.detach().clone() for name, param in model.named_parameters()}
              if args.amp != "none" and stage < 3 else None)
-    schedule = None if "scheduler" in config else (lambda optimizer: cosine_with_warmup(optimizer, args.warmup, args.steps))
+    schedule = (None if "scheduler" in config
+                else lambda optimizer: cosine_with_warmup(optimizer, args.warmup, args.steps))
+    trainable = [p for p in model.parameters() if p.requires_grad]
     try:
-        engine, *_ = deepspeed.initialize(model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
-                                          config=config, lr_scheduler=schedule, dist_init_required=False)
+        engine, *_ = deepspeed.initialize(model=model, model_parameters=trainable, config=config,
+                                          lr_scheduler=schedule, dist_init_required=False)
     except (ValueError, TypeError, AssertionError, KeyError) as error:
         lines = str(error).strip().splitlines() or [type(error).__name__]
         raise ValueError(f"DeepSpeed refused the config ({RESOLVED_CONFIG_NAME} in {args.out}): "
@@ -389,7 +391,8 @@ class DeepSpeedTrainingState:
         except (RuntimeError, ValueError, KeyError, AssertionError) as error:
             raise CheckpointError(f"cannot resume from {folder / tag}: {error}") from error
         if loaded is None or "rehdr_run" not in client:
-            raise CheckpointError(f"cannot resume from {folder / tag}: DeepSpeed found no checkpoint of this codebase there")
+            raise CheckpointError(f"cannot resume from {folder / tag}: DeepSpeed found no checkpoint of this "
+                                  "codebase there")
         run_state = client["rehdr_run"]
         set_rng_state(run_state["rng"])
         return run_state["step"], dict(run_state["extra"])
