@@ -133,3 +133,13 @@ def test_color_direction_known_values():
     cast = inp + torch.tensor([0.1, 0.1, 0.3]).view(1, 3, 1, 1)
     expected = 1.0 - 0.5 / (np.sqrt(0.11) * np.sqrt(3.0))
     assert loss(cast, brightened, inp).item() == pytest.approx(expected, abs=1e-3)
+
+
+def test_color_direction_softens_changes_of_the_size_of_eps_in_both_norms():
+    # one pixel: the output moves red by 0.1, the edit by 0.3; with eps = 0.1 both norms are sqrt(|d|^2 + eps^2)
+    inp = torch.full((1, 3, 1, 1), 0.5)
+    pred, target = inp.clone(), inp.clone()
+    pred[:, 0] += 0.1
+    target[:, 0] += 0.3
+    cosine = 0.1 * 0.3 / ((0.1 ** 2 + 0.01) ** 0.5 * (0.3 ** 2 + 0.01) ** 0.5)
+    assert ColorDirectionLoss(eps=0.1)(pred, target, inp).item() == pytest.approx(1.0 - cosine, rel=1e-4)

@@ -103,6 +103,62 @@ def tally(path: Path) -> Counter:
     return counts
 
 
+def verify_timeouts(path: Path, seconds: int) -> None:
+    """Give each timed-out mutant of ``path`` the verdict of its tests run outside mutmut's forked runner.
+
+    One worker process (in mutants/, as mutmut runs them) runs one pytest session per mutant, its covering
+    tests fastest first with -x: a failure is a kill, a pass a survivor, a session past ``seconds`` stays
+    a timeout. Test files are imported once, so a mutant of code run at their import is seen unmutated:
+    such a mutant can only come out as a survivor, never as a false kill.
+    """
+    meta = ROOT / "mutants" / (str(path) + ".meta")
+    data = json.loads(meta.read_text())
+    stats = json.loads((ROOT / "mutants" / "mutmut-stats.json").read_text())
+    durations = stats["duration_by_test"]
+    jobs = []
+    for name, code in data["exit_code_by_key"].items():
+        if KILLED.get(code) == "timeout":
+            tests = stats["tests_by_mangled_function_name"].get(name.rsplit("__mutmut_", 1)[0], [])
+            jobs.append((name, sorted(tests, key=lambda test: durations.get(test, 0.0))))
+    if not jobs:
+        return
+    worker = subprocess.run([sys.executable, __file__, "--verify-worker", str(seconds)], cwd=ROOT / "mutants",
+                            input=json.dumps(jobs), capture_output=True, text=True, check=True)
+    verdicts = json.loads(worker.stdout.splitlines()[-1])
+    data["exit_code_by_key"].update(verdicts)
+    meta.write_text(json.dumps(data, indent=4))
+    print(f"    {path}: {len(jobs)} timeouts re-run: {sum(code == 1 for code in verdicts.values())} killed, "
+          f"{sum(code == 0 for code in verdicts.values())} survived")
+
+
+def verify_worker(seconds: int) -> None:
+    """The worker of :func:`verify_timeouts`: jobs on stdin, ``{name: exit code}`` as the last stdout line."""
+    import contextlib
+    import io
+
+    import pytest
+
+    sys.path.insert(0, os.getcwd())  # the mutated copy, as mutmut imports it
+
+    def hang(signum, frame):
+        raise TimeoutError
+
+    signal.signal(signal.SIGALRM, hang)
+    verdicts = {}
+    for name, tests in json.loads(sys.stdin.read()):
+        os.environ["MUTANT_UNDER_TEST"] = name
+        signal.alarm(seconds)
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                result = pytest.main(["-x", "-q", "-p", "no:cacheprovider", *tests])
+            signal.alarm(0)
+        except TimeoutError:
+            continue
+        if result in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED):
+            verdicts[name] = int(result)
+    print(json.dumps(verdicts))
+
+
 def print_table(paths: list, survivors: bool) -> None:
     """Per module: mutants, how they ended, and the kill rate: killed / (killed + survived + no tests),
     i.e. without timeouts, equivalent and help-text survivors."""
@@ -135,7 +191,13 @@ def main(argv=None) -> None:
     parser.add_argument("--fresh", action="store_true", help="test every mutant again, killed ones too")
     parser.add_argument("--report", action="store_true", help="only print the table of the last runs")
     parser.add_argument("--survivors", action="store_true", help="list the surviving mutants")
+    parser.add_argument("--verify-timeouts", type=int, default=0, metavar="SECONDS",
+                        help="re-run each timed-out mutant's tests outside mutmut, SECONDS at most per mutant")
+    parser.add_argument("--verify-worker", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.verify_worker:
+        verify_worker(args.verify_worker)
+        return
     paths = selected_files(args.modules)
     # SIGTERM (e.g. from `timeout`) unwinds like Ctrl-C, so the mutmut session below is ended too
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
@@ -161,6 +223,9 @@ def main(argv=None) -> None:
                 if process.poll() is None:
                     os.killpg(process.pid, signal.SIGTERM)
                     process.wait()
+    if args.verify_timeouts:
+        for path in paths:
+            verify_timeouts(path, args.verify_timeouts)
     print_table(paths, args.survivors)
 
 
