@@ -108,8 +108,8 @@ def verify_timeouts(path: Path, seconds: int) -> None:
 
     One worker process (in mutants/, as mutmut runs them) runs one pytest session per mutant, its covering
     tests fastest first with -x: a failure is a kill, a pass a survivor, a session past ``seconds`` stays
-    a timeout. Test files are imported once, so a mutant of code run at their import is seen unmutated:
-    such a mutant can only come out as a survivor, never as a false kill.
+    a timeout. The code and the test files are imported once, unmutated, so a mutant of code that runs
+    only at import comes out as a survivor, never as a false kill.
     """
     meta = ROOT / "mutants" / (str(path) + ".meta")
     data = json.loads(meta.read_text())
@@ -144,8 +144,13 @@ def verify_worker(seconds: int) -> None:
         raise TimeoutError
 
     signal.signal(signal.SIGALRM, hang)
+    jobs = json.loads(sys.stdin.read())
+    # import the code and the test files unmutated first: module-level code runs only at this import
+    os.environ["MUTANT_UNDER_TEST"] = ""
+    with contextlib.redirect_stdout(io.StringIO()):
+        pytest.main(["--collect-only", "-q", "-p", "no:cacheprovider", *{test for _, tests in jobs for test in tests}])
     verdicts = {}
-    for name, tests in json.loads(sys.stdin.read()):
+    for name, tests in jobs:
         os.environ["MUTANT_UNDER_TEST"] = name
         signal.alarm(seconds)
         try:
