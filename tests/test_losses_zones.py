@@ -113,3 +113,18 @@ def test_zone_loss_is_the_weighted_per_zone_mean_error_on_a_tiny_image():
     expected = sum(weight * (masks[0, z] * error[0]).sum() / max(masks[0, z].sum().item(), 1.0)
                    for z, weight in enumerate((1.5, 1.0, 2.0)))
     assert loss(pred, target, inp).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_zone_loss_takes_percentiles_strictly_inside_0_100_and_a_positive_softness():
+    AdaptiveZoneLoss(shadow_percentile=0.5, highlight_percentile=99.5)
+    message = "^AdaptiveZoneLoss needs 0 < shadow_percentile < highlight_percentile < 100, got {} and {}$"
+    for shadow, highlight in ((0, 90), (50, 50), (25, 100)):
+        with pytest.raises(ValueError, match=message.format(shadow, highlight)):
+            AdaptiveZoneLoss(shadow_percentile=shadow, highlight_percentile=highlight)
+    with pytest.raises(ValueError, match="^AdaptiveZoneLoss softness must be > 0, got 0$"):
+        AdaptiveZoneLoss(softness=0)
+
+
+def test_zone_loss_saves_no_state():
+    # its thresholds and weights come from the constructor: a checkpoint of a run carries none of them
+    assert AdaptiveZoneLoss().state_dict() == {}
