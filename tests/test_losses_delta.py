@@ -105,3 +105,13 @@ def test_delta_pixel_weights_use_the_given_softness():
     # unchanged pixels: delta 0, mask sigmoid((0 - 0.05) / 0.1)
     expected = 1.0 + 2.0 * torch.sigmoid(torch.tensor(-0.5)).item()
     assert weights[..., 4:].mean().item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_delta_takes_either_weight_zero_but_not_a_negative_one_nor_a_zero_softness():
+    for fix_weight, preserve_weight in ((0.0, 1.0), (1.0, 0.0), (1.0, 1.0)):
+        DeltaAwareLoss(fix_weight=fix_weight, preserve_weight=preserve_weight)
+    for fix_weight, preserve_weight in ((-1.0, 1.0), (1.0, -1.0)):
+        with pytest.raises(ValueError, match="fix_weight, preserve_weight >= 0"):
+            DeltaAwareLoss(fix_weight=fix_weight, preserve_weight=preserve_weight)
+    with pytest.raises(ValueError, match="^DeltaAwareLoss softness must be > 0, got 0.0$"):
+        DeltaAwareLoss(softness=0.0)

@@ -40,3 +40,8 @@ def test_ssim_loss_is_one_minus_ssim():
     pred, target = torch.rand(2, 3, 16, 16, generator=generator), torch.rand(2, 3, 16, 16, generator=generator)
     assert SSIMLoss()(pred, target).item() == pytest.approx(1.0 - ssim(pred, target).item(), abs=1e-6)
     assert SSIMLoss()(target, target).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_edge_loss_saves_no_state():
+    # its Sobel kernels are constants: a checkpoint carries none of them
+    assert EdgeLoss().state_dict() == {}
