@@ -31,6 +31,7 @@ def test_region_run_of_each_architecture_builds_and_extrapolates_by_tile_count()
         (result,) = results
         assert (result["region_tiles"], result["photo_tiles"]) == (2, 6)
         assert result["extrapolated_s"] == pytest.approx(result["enhance_s"] * 3)
+        assert result["extrapolated_cpu_s"] == pytest.approx(result["enhance_cpu_s"] * 3)
         assert result["enhance_s"] > 0 and result["peak_rss_gib"] > 0
 
 
