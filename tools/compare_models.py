@@ -16,9 +16,13 @@ validation photos. A finished run keeps its figures in ``RUN/compare.json`` and 
 
 Without --data: the demo data (``$REHDR_CACHE``), which it generates first if needed. ``--quick``
 trains the smoke-test widths for 4 steps on 32 px crops (a code check, not a comparison).
+``--timing-steps N`` trains only N steps of the budget (validation centre-cropped to 64 px, no
+evaluate.py): the step time and peak memory of a model too slow for the full budget on this machine,
+with '-' for the quality columns (runs in ``<model>_s<seed>_t<N>``).
 """
 import argparse
 import json
+import math
 import os
 import re
 import statistics
@@ -88,20 +92,29 @@ def mean_metrics(csv_path: Path) -> dict:
 
 def run_one(name: str, seed: int, args) -> dict:
     script, small, smoke = MODELS[name]
-    run_dir = args.out / f"{name}_s{seed}"
+    run_dir = args.out / (f"{name}_s{seed}" + (f"_t{args.timing_steps}" if args.timing_steps else ""))
     result_path = run_dir / "compare.json"
     if result_path.exists():
         return json.loads(result_path.read_text())
     budget = (QUICK_BUDGET if args.quick else BUDGET).split()
     config = (smoke if args.quick else small).split()
+    if args.timing_steps:
+        steps = str(args.timing_steps)
+        budget += ["--steps", steps, "--val-every", steps, "--save-every", steps,
+                   "--log-every", str(max(1, args.timing_steps // 3)), "--val-crop", "64"]
     run_dir.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, script, "--data", str(args.data), "--seed", str(seed), "--out", str(run_dir),
                *budget, *config, *args.recipe_args]
     print("+", " ".join(command[1:]), flush=True)
-    result = {"model": name, "seed": seed, "config": " ".join(config), **run_and_measure(command, run_dir / "train.log")}
+    result = {"model": name, "seed": seed, "config": " ".join(config), "timing_steps": args.timing_steps,
+              **run_and_measure(command, run_dir / "train.log")}
     logged = re.search(r"model: .*?, ([\d,]+) parameters", (run_dir / "train.log").read_text())
     result["params"] = int(logged.group(1).replace(",", ""))
     result["train_step_s"] = train_step_seconds(run_dir, int(budget[budget.index("--batch-size") + 1]))
+    if args.timing_steps:
+        result.update({metric: float("nan") for metric in METRICS})
+        result_path.write_text(json.dumps(result, indent=1))
+        return result
     evaluate = [sys.executable, "evaluate.py", "--checkpoint", str(run_dir / "last.pt"), "--data", str(args.data),
                 "--pred", str(run_dir / "eval"), "--device", "cpu"]
     run_and_measure(evaluate, run_dir / "evaluate.log")
@@ -112,6 +125,8 @@ def run_one(name: str, seed: int, args) -> dict:
 
 def cell(values: list, fmt: str) -> str:
     """The mean over seeds, each seed in brackets when there are several."""
+    if any(math.isnan(v) for v in values):
+        return "-"
     text = fmt.format(statistics.mean(values))
     return text + (" (" + " / ".join(fmt.format(v) for v in values) + ")" if len(values) > 1 else "")
 
@@ -122,7 +137,8 @@ def markdown(results: list, seeds: list) -> str:
     for name in dict.fromkeys(r["model"] for r in results):
         runs = [r for r in results if r["model"] == name]
         quality = [cell([r[m] for r in runs], "{:.4f}" if m == "ssim" else "{:.2f}") for m in METRICS]
-        lines.append(f"| {name} (`{runs[0]['config']}`) | {runs[0]['params'] / 1e6:.2f} | " + " | ".join(quality)
+        timing = f", {runs[0]['timing_steps']} steps: timing only" if runs[0].get("timing_steps") else ""
+        lines.append(f"| {name} (`{runs[0]['config']}`{timing}) | {runs[0]['params'] / 1e6:.2f} | " + " | ".join(quality)
                      + f" | {statistics.mean(r['train_step_s'] for r in runs):.2f} "
                      f"| {statistics.mean(r['peak_rss_mb'] for r in runs):.0f} |")
     return "\n".join(lines)
@@ -135,6 +151,8 @@ def main(argv=None) -> str:
     parser.add_argument("--models", nargs="+", choices=tuple(MODELS), default=list(MODELS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--quick", action="store_true", help="smoke-test widths, 4 steps: a code check")
+    parser.add_argument("--timing-steps", type=int, default=None, metavar="N",
+                        help="train only N steps: step time and peak memory, no quality figures")
     parser.add_argument("--markdown", type=Path, default=None, help="also write the table here")
     parser.add_argument("recipe_args", nargs=argparse.REMAINDER, help="after --: extra flags for every recipe")
     args = parser.parse_args(argv)
