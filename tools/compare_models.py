@@ -39,6 +39,7 @@ BUDGET = ("--steps 150 --crop 64 --batch-size 4 --lr 1e-3 --warmup 20 --ema 0.99
 QUICK_BUDGET = ("--steps 4 --crop 32 --batch-size 2 --lr 1e-3 --warmup 1 --ema 0.9 --val-every 4 "
                 "--save-every 4 --log-every 1 --workers 0")
 # name: (recipe, small config at ~0.8M parameters like the Restormer dim-16 baseline, smoke-test config).
+# MambaIR-UNet cannot go below dim 30 (its channel attention divides the channels by 30): 2.6M.
 # The loss networks of RetinexMamba, MambaIR-UNet and DAT (VGG19 / LPIPS AlexNet) run with random weights:
 # same cost, no downloads, and the other loss terms still steer.
 MODELS = {
@@ -51,7 +52,7 @@ MODELS = {
                      "--n-feat 16 --num-blocks 1 2 2 --d-state 16 --vgg-weights random --lpips-weights random",
                      "--n-feat 4 --num-blocks 1 1 1 --d-state 2 --vgg-weights random --lpips-weights random"),
     "mambair_unet": ("train_mamba.py",
-                     "--arch mambair_unet --dim 16 --num-blocks 1 1 1 1 --num-refinement-blocks 1 "
+                     "--arch mambair_unet --dim 30 --num-blocks 1 1 1 1 --num-refinement-blocks 1 --mlp-ratio 1 "
                      "--lpips-weights random",
                      "--arch mambair_unet --dim 30 --num-blocks 1 1 1 1 --num-refinement-blocks 1 --mlp-ratio 1 "
                      "--lpips-weights random"),
