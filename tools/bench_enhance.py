@@ -13,6 +13,12 @@ counts torch's native allocations that tracemalloc misses; on CUDA the child als
 ``torch.cuda.max_memory_allocated``. ``--whole`` adds a whole-image run, which is only started when
 the memory extrapolated from the tile runs fits in half of the machine's available memory.
 
+Pipeline overhead: ``enhance`` vs the bare forwards of exactly the tiles it ran, interleaved in one
+process (the tile overlap's extra pixels are printed separately):
+
+    OMP_NUM_THREADS=2 /work/venv/bin/python tools/bench_enhance.py --pipeline --size 992x480 --tiles 512 \
+        --batch-size 4 --rounds 3
+
 Tiled vs whole agreement (a randomly initialised model; max and mean |tiled - whole| in 8-bit levels):
 
     OMP_NUM_THREADS=2 /work/venv/bin/python tools/bench_enhance.py --agreement --size 256x384 \
@@ -147,6 +153,42 @@ def agreement(args) -> None:
                       f"{np.percentile(difference, 99):.2f} |", flush=True)
 
 
+@torch.no_grad()
+def pipeline(args) -> None:
+    """``enhance`` of one photo vs the bare network forwards of exactly the tile batches it ran,
+    interleaved in this process: the pipeline's overhead (cutting, padding, blending, conversions)."""
+    torch.set_num_threads(args.threads)
+    height, width = args.size
+    tile = args.tiles[0]
+    with tempfile.TemporaryDirectory() as folder:
+        checkpoint = write_checkpoint(Path(folder) / "model.pt", args.model)
+        enhancer = load_enhancer(checkpoint, args.device, amp=args.amp, tile=tile, overlap=args.overlap,
+                                 batch_size=args.batch_size)
+    network = enhancer.members[0].model
+    photo = synthetic_photo(height, width)
+    shapes = []
+    hook = network.register_forward_pre_hook(lambda module, inputs: shapes.append(tuple(inputs[0].shape)))
+    enhancer.enhance(photo)  # also the warm-up
+    hook.remove()
+    batches = [torch.rand(shape, device=enhancer.device) for shape in shapes]
+    times = {"enhance": [], "forward": []}
+    for _ in range(args.rounds):
+        start = time.perf_counter()
+        enhancer.enhance(photo)
+        times["enhance"].append(time.perf_counter() - start)
+        start = time.perf_counter()
+        for batch in batches:
+            network(batch)
+        times["forward"].append(time.perf_counter() - start)
+    enhance_s, forward_s = (sorted(times[key])[len(times[key]) // 2] for key in ("enhance", "forward"))
+    computed = sum(shape[0] * shape[2] * shape[3] for shape in shapes)
+    print(f"Restormer {args.model}, {width}x{height}, tile {tile}, overlap {args.overlap}, batch {args.batch_size}, "
+          f"{args.threads} threads, medians of {args.rounds} interleaved rounds: {len(batches)} forward(s) of "
+          f"{sorted(set(shapes))} = {computed / (height * width):.2f}x the photo's pixels (tile overlap); "
+          f"enhance {enhance_s:.2f} s vs those forwards {forward_s:.2f} s: pipeline overhead "
+          f"{enhance_s / forward_s:.3f}x")
+
+
 def parse_size(text: str):
     width, _, height = text.partition("x")
     return int(height), int(width)
@@ -160,6 +202,9 @@ def main(argv=None) -> None:
     parser.add_argument("--overlaps", type=int, nargs="+", default=[0, 32, 64], help="overlaps for --agreement")
     parser.add_argument("--whole", action="store_true", help="also run the whole image when it fits in memory")
     parser.add_argument("--agreement", action="store_true", help="measure tiled vs whole instead of time/memory")
+    parser.add_argument("--pipeline", action="store_true",
+                        help="enhance vs the bare forwards of its tiles (first --tiles entry), in one process")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of --pipeline")
     parser.add_argument("--model", choices=tuple(MODEL_SIZES), default="base")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
@@ -173,6 +218,8 @@ def main(argv=None) -> None:
         child(args)
     elif args.agreement:
         agreement(args)
+    elif args.pipeline:
+        pipeline(args)
     else:
         benchmark(args)
 
