@@ -287,12 +287,12 @@ def bench_official(path, args, device, before_path=None):
     others = {who: builder().to(device) for who, builder in others.items()}
     ours = Restormer.base().to(device)
     ours.load_state_dict(others["official"].state_dict(), strict=True)
+    for model in others.values():
+        model.load_state_dict(ours.state_dict(), strict=True)
     probe = torch.rand(1, 3, 64, 64, device=device)
     with torch.inference_mode():
         reference = ours.eval()(probe)
         differences = {who: (reference - model.eval()(probe)).abs().max().item() for who, model in others.items()}
-    for model in others.values():
-        model.load_state_dict(ours.state_dict(), strict=True)
     amp_dtype = AMP_DTYPES[args.amp]
     shape = (args.batch, 3, args.crop, args.crop)
     inputs, targets = torch.rand(shape, device=device), torch.rand(shape, device=device)

@@ -13,8 +13,9 @@ counts torch's native allocations that tracemalloc misses; on CUDA the child als
 ``torch.cuda.max_memory_allocated``. ``--whole`` adds a whole-image run, which is only started when
 the memory extrapolated from the tile runs fits in half of the machine's available memory.
 
-Pipeline overhead: ``enhance`` vs the bare forwards of exactly the tiles it ran, interleaved in one
-process (the tile overlap's extra pixels are printed separately):
+Pipeline overhead: ``enhance`` vs the network's time inside it (hooks, same call) and vs bare forwards
+of exactly the tiles it ran, interleaved in one process (the tile overlap's extra pixels are printed
+separately):
 
     OMP_NUM_THREADS=2 /work/venv/bin/python tools/bench_enhance.py --pipeline --size 992x480 --tiles 512 \
         --batch-size 4 --rounds 3
@@ -27,6 +28,7 @@ Tiled vs whole agreement (a randomly initialised model; max and mean |tiled - wh
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -155,8 +157,9 @@ def agreement(args) -> None:
 
 @torch.no_grad()
 def pipeline(args) -> None:
-    """``enhance`` of one photo vs the bare network forwards of exactly the tile batches it ran,
-    interleaved in this process: the pipeline's overhead (cutting, padding, blending, conversions)."""
+    """``enhance`` of one photo vs the network forwards inside it (timed by hooks in the same call) and
+    vs bare forwards of exactly those tile batches, interleaved in this process: the pipeline's overhead
+    (cutting, padding, blending, conversions). The tile overlap's extra pixels are counted separately."""
     torch.set_num_threads(args.threads)
     height, width = args.size
     tile = args.tiles[0]
@@ -166,27 +169,35 @@ def pipeline(args) -> None:
                                  batch_size=args.batch_size)
     network = enhancer.members[0].model
     photo = synthetic_photo(height, width)
-    shapes = []
-    hook = network.register_forward_pre_hook(lambda module, inputs: shapes.append(tuple(inputs[0].shape)))
+    shapes, inside, started = [], [], []
+
+    def before_forward(module, inputs):  # returns None: the inputs go through unchanged
+        shapes.append(tuple(inputs[0].shape))
+        started.append(time.perf_counter())
+
+    network.register_forward_pre_hook(before_forward)
+    network.register_forward_hook(lambda module, inputs, output: inside.append(time.perf_counter() - started[-1]))
     enhancer.enhance(photo)  # also the warm-up
-    hook.remove()
     batches = [torch.rand(shape, device=enhancer.device) for shape in shapes]
-    times = {"enhance": [], "forward": []}
+    times = {"enhance": [], "inside": [], "bare": []}
     for _ in range(args.rounds):
+        inside.clear()
         start = time.perf_counter()
         enhancer.enhance(photo)
         times["enhance"].append(time.perf_counter() - start)
+        times["inside"].append(sum(inside))
         start = time.perf_counter()
         for batch in batches:
             network(batch)
-        times["forward"].append(time.perf_counter() - start)
-    enhance_s, forward_s = (sorted(times[key])[len(times[key]) // 2] for key in ("enhance", "forward"))
-    computed = sum(shape[0] * shape[2] * shape[3] for shape in shapes)
+        times["bare"].append(time.perf_counter() - start)
+    enhance_s, inside_s, bare_s = (statistics.median(times[key]) for key in ("enhance", "inside", "bare"))
+    computed = sum(batch.shape[0] * batch.shape[2] * batch.shape[3] for batch in batches)
     print(f"Restormer {args.model}, {width}x{height}, tile {tile}, overlap {args.overlap}, batch {args.batch_size}, "
           f"{args.threads} threads, medians of {args.rounds} interleaved rounds: {len(batches)} forward(s) of "
           f"{sorted(set(shapes))} = {computed / (height * width):.2f}x the photo's pixels (tile overlap); "
-          f"enhance {enhance_s:.2f} s vs those forwards {forward_s:.2f} s: pipeline overhead "
-          f"{enhance_s / forward_s:.3f}x")
+          f"enhance {enhance_s:.2f} s, of which in the network {inside_s:.2f} s (pipeline overhead "
+          f"{enhance_s / inside_s:.3f}x); bare forwards of the same batches {bare_s:.2f} s "
+          f"({enhance_s / bare_s:.3f}x)")
 
 
 def parse_size(text: str):
