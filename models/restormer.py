@@ -36,9 +36,9 @@ LAYER_NORM_TYPES = ("WithBias", "BiasFree")
 # Three 2x downsamplings: the spatial size must be divisible by 2**3.
 SIZE_MULTIPLE = 8
 LAYER_NORM_EPS = 1e-5
-# Channel counts of the gated FFN's hidden tensors are rounded up to this (zeros): with rows of a
-# multiple of 16 floats (64 bytes) the CPU matmuls and elementwise kernels run vectorised and aligned,
-# measured 4x faster for Base's 127 -> 128 channels (README "Speed").
+# Channel counts of the gated FFN's hidden tensors are rounded up to this (zeros): rows of a multiple
+# of 16 floats (64 bytes) keep the CPU matmuls vectorised and aligned (README "Speed":
+# tools/bench_fastpath.py ops, 48 -> 254 vs 48 -> 256 channels).
 CHANNEL_ALIGNMENT = 16
 
 
@@ -211,8 +211,8 @@ class Attention(nn.Module):
         query, key, value = qkv.split(channels, dim=-1)  # (N, pixels, C) views
         per_head = (batch, pixels, heads, head_channels)
         gram = query.view(per_head).permute(0, 2, 3, 1) @ key.view(per_head).transpose(1, 2)  # (N, heads, Ch, Ch)
-        # Sum of squares over the pixels of q and k at once (4x faster than vector_norm on this strided
-        # view); clamping the square at 1e-24 is F.normalize's clamp of the norm at 1e-12.
+        # Sum of squares over the pixels of q and k at once; clamping it at 1e-24 is F.normalize's clamp of
+        # the norm at 1e-12 (vector_norm is not faster: tools/bench_fastpath.py ops).
         norms = qkv[..., : 2 * channels].square().sum(dim=1).clamp_min(1e-24).sqrt()
         query_norm = norms[:, :channels].reshape(batch, heads, head_channels, 1)
         key_norm = norms[:, channels:].reshape(batch, heads, 1, head_channels)

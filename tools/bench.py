@@ -268,13 +268,18 @@ def bench_loader(args):
                 pixel_cache_first_visit=cold, pixel_cache=after, speedup=after / before)
 
 
-def load_restormer_class(path, module_name):
-    """``Restormer`` from the file at ``path``; named inside ``models`` so that an earlier revision of
-    ``models/restormer.py`` (``from .padding import ...``) resolves its relative imports."""
+def load_module(path, module_name):
+    """The Python file at ``path`` as module ``module_name``; named inside ``models`` (``models._x``), an
+    earlier revision of ``models/restormer.py`` resolves its relative imports (``from .padding ...``)."""
     spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.Restormer
+    return module
+
+
+def load_restormer_class(path, module_name):
+    """``Restormer`` from the file at ``path`` (see :func:`load_module`)."""
+    return load_module(path, module_name).Restormer
 
 
 def bench_official(path, args, device, before_path=None):

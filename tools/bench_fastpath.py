@@ -2,12 +2,12 @@
 
     # the kernels: a 1x1 convolution as conv2d (NCHW) vs a matmul on (N, H, W, C) at aligned and unaligned
     # widths, the depthwise 3x3 in NCHW vs channels_last, q/k norms by vector_norm vs a sum of squares
-    OMP_NUM_THREADS=1 python tools/bench_fastpath.py ops
+    OMP_NUM_THREADS=2 python tools/bench_fastpath.py ops
     # one transformer block of an earlier models/restormer.py vs this one, per attention kind
     git show REV:models/restormer.py > /tmp/restormer_before.py
-    OMP_NUM_THREADS=1 python tools/bench_fastpath.py blocks --before /tmp/restormer_before.py
+    OMP_NUM_THREADS=2 python tools/bench_fastpath.py blocks --before /tmp/restormer_before.py
     # DarkIR and NAFNet (bench.py's configurations) with NCHW vs channels_last weights and input
-    OMP_NUM_THREADS=1 python tools/bench_fastpath.py convnets
+    OMP_NUM_THREADS=2 python tools/bench_fastpath.py convnets
 
 Times are the lower quartile (``ops``) or the median (``blocks``, ``convnets``) of interleaved repeats;
 on a machine shared with other jobs compare the rows of one run only.
@@ -64,8 +64,7 @@ def ops(args):
 
 
 def blocks(args):
-    before = bench.load_restormer_class(args.before, "models._restormer_before")
-    before_module = sys.modules[before.__module__]
+    before_module = bench.load_module(args.before, "models._restormer_before")
     for width, heads, side in ((48, 1, args.size), (96, 1, args.size), (384, 8, args.size // 8)):
         torch.manual_seed(0)
         reference = before_module.TransformerBlock(width, heads, 2.66, False, "WithBias")
