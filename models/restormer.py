@@ -145,6 +145,10 @@ class FeedForward(nn.Module):
         multiple of ``CHANNEL_ALIGNMENT`` (Base: 127 -> 128); the zeros stay zero (gelu(0) * 0) and meet
         zero columns of ``project_out``, so the result is unchanged.
         """
+        if torch.onnx.is_in_onnx_export():
+            # An ONNX convolution needs a constant kernel, not one sliced and padded per call: the plain widths.
+            gate, value = _depthwise(_pointwise(x, self.project_in), self.dwconv).chunk(2, dim=-1)
+            return _pointwise_add(residual, F.gelu(gate) * value, self.project_out)
         hidden = self.project_out.in_channels
         width = -(-hidden // CHANNEL_ALIGNMENT) * CHANNEL_ALIGNMENT
         weight_in = self.project_in.weight.view(2 * hidden, -1)
