@@ -2,7 +2,7 @@
 
 CATALOG.md "Combined Loss Refiner": the refiner learns with exactly the loss of
 train_restormer_512_combined_loss.py (L1 1.0 + window-aware L1 0.5 + HSV saturation 0.3, the same
-CombinedLoss terms and --saturation-form default), so its validation row compares apples to apples
+CombinedLoss terms, --saturation-form and --window-normalization defaults), so its validation row compares apples to apples
 with the backbone's: the 'backbone' split of metrics.jsonl scores the backbone alone on the same
 validation photos.
 
@@ -24,8 +24,8 @@ import torch
 from data.build import build_datasets
 from data.loaders import val_loader
 from losses import CombinedLoss, L1Loss, SaturationLoss, WindowAwareLoss
-from losses.color import SATURATION_FORMS
-from losses.window import WINDOW_SOFTNESS, WINDOW_THRESHOLD
+from losses.color import DEFAULT_SATURATION_FORM, SATURATION_FORM_HELP, SATURATION_FORMS
+from losses.window import WINDOW_NORMALIZATION_HELP, WINDOW_NORMALIZATIONS, WINDOW_SOFTNESS, WINDOW_THRESHOLD
 from utils.checkpoint import model_spec
 from utils.cli import base_parser, parse_args, run_cli
 from utils.refiner import (FrozenBackbone, add_refiner_args, build_refiner, log_backbone_baseline, refiner_inputs,
@@ -45,12 +45,13 @@ def main(argv=None):
     parser.add_argument("--l1-weight", type=float, default=1.0)
     parser.add_argument("--window-weight", type=float, default=0.5)
     parser.add_argument("--saturation-weight", type=float, default=0.3)
-    parser.add_argument("--saturation-form", choices=SATURATION_FORMS, default="weighted",
-                        help="as train_restormer_512_combined_loss.py: weighted (|dS| x the prediction's value) "
-                             "or catalog (plain |dS|)")
+    parser.add_argument("--saturation-form", choices=SATURATION_FORMS, default=DEFAULT_SATURATION_FORM,
+                        help=SATURATION_FORM_HELP)
     parser.add_argument("--window-threshold", type=float, default=WINDOW_THRESHOLD,
                         help="input luma above which a pixel counts as over-exposed (soft)")
     parser.add_argument("--window-softness", type=float, default=WINDOW_SOFTNESS)
+    parser.add_argument("--window-normalization", choices=WINDOW_NORMALIZATIONS, default="image",
+                        help=WINDOW_NORMALIZATION_HELP)
     args = parse_args(parser, argv, DEMO_BUDGET, script="train_elite_refiner_combined")
 
     # --- setup --------------------------------------------------------------------------------
@@ -67,7 +68,8 @@ def main(argv=None):
     # --- loss: the backbone's own (train_restormer_512_combined_loss.py) ----------------------------
     criterion = CombinedLoss({
         "l1": (args.l1_weight, L1Loss()),
-        "window": (args.window_weight, WindowAwareLoss(args.window_threshold, args.window_softness)),
+        "window": (args.window_weight, WindowAwareLoss(args.window_threshold, args.window_softness,
+                                                     args.window_normalization)),
         "saturation": (args.saturation_weight, SaturationLoss(args.saturation_form)),
     })
 

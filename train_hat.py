@@ -20,7 +20,7 @@ CPU smoke test (seconds):
 from data.build import build_datasets
 from data.loaders import val_loader
 from losses import CharbonnierLoss, CombinedLoss, HSVLoss
-from losses.color import SATURATION_FORMS
+from losses.color import DEFAULT_SATURATION_FORM, SATURATION_FORM_HELP, SATURATION_FORMS
 from losses.histogram import HISTOGRAM_BINS, HistogramLoss
 from losses.lab import DeltaELoss
 from models.hat import HAT
@@ -55,9 +55,8 @@ def main(argv=None):
     parser.add_argument("--charbonnier-weight", type=float, default=1.0)
     parser.add_argument("--lab-weight", type=float, default=0.5, help="CIELAB dE76 / 100")
     parser.add_argument("--hsv-weight", type=float, default=0.1, help="HSV hue (chroma plane) + saturation + value")
-    parser.add_argument("--saturation-form", choices=SATURATION_FORMS, default="weighted",
-                        help="HSV saturation term: weighted by the prediction's value (bounded near black, "
-                             "issue 11) or the catalog's plain |dS|")
+    parser.add_argument("--saturation-form", choices=SATURATION_FORMS, default=DEFAULT_SATURATION_FORM,
+                        help=SATURATION_FORM_HELP)
     parser.add_argument("--histogram-weight", type=float, default=0.2, help="per-channel histogram EMD")
     parser.add_argument("--histogram-bins", type=int, default=HISTOGRAM_BINS)
     args = parse_args(parser, argv, DEMO_BUDGET, script="train_hat")

@@ -19,7 +19,7 @@ CPU smoke test (seconds):
 from data.build import build_datasets
 from data.loaders import val_loader
 from losses import CombinedLoss, HSVLoss, L1Loss
-from losses.color import SATURATION_FORMS
+from losses.color import DEFAULT_SATURATION_FORM, SATURATION_FORM_HELP, SATURATION_FORMS
 from losses.lab import DeltaELoss
 from losses.perceptual import VGGPerceptualLoss, add_vgg_args
 from losses.structural import SSIMLoss
@@ -45,9 +45,8 @@ def main(argv=None):
     parser.add_argument("--ssim-weight", type=float, default=0.2, help="1 - SSIM")
     parser.add_argument("--hsv-weight", type=float, default=0.1, help="HSV hue (chroma plane) + saturation + value L1")
     parser.add_argument("--lab-weight", type=float, default=0.5, help="mean Delta E 76 / 100")
-    parser.add_argument("--saturation-form", choices=SATURATION_FORMS, default="weighted",
-                        help="HSV saturation term: weighted by the prediction's value (bounded near black, "
-                             "issue 11) or the catalog's plain |dS|")
+    parser.add_argument("--saturation-form", choices=SATURATION_FORMS, default=DEFAULT_SATURATION_FORM,
+                        help=SATURATION_FORM_HELP)
     args = parse_args(parser, argv, DEMO_BUDGET, script="train_restormer_512_color_perceptual")
 
     # --- setup --------------------------------------------------------------------------------

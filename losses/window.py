@@ -9,6 +9,8 @@ WINDOW_SOFTNESS = 0.04
 # What the window term's sum is divided by (see WindowAwareLoss): the catalog's mean over the window
 # region, or the mean over the whole image (issue 11: emphasis on windows without diluting the rest).
 WINDOW_NORMALIZATIONS = ("region", "image")
+WINDOW_NORMALIZATION_HELP = ("image: mean over the photo, so L1 + w x window = mean((1 + w m)|error|), interior "
+                             "pixels keep weight 1; region: mean error over the windows alone (the catalog's)")
 
 
 def check_window_normalization(normalization: str) -> str:

@@ -37,12 +37,17 @@ MAMBA_TRAINING = ["--warmup", "100", "--grad-clip", "0", "--amp", "none", "--wor
                   "--log-every", "1"]
 
 
+# DeepSpeed builds a CPU communication kernel at its first start (~40 s) into TORCH_EXTENSIONS_DIR:
+# the cache .ci/run exports (else the same folder of this checkout), so that happens once per CI run.
+EXTENSIONS_CACHE = os.environ.get("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions"))
+
+
 def torchrun(script: str, argv: list, tmp: Path, nproc: int = 2) -> subprocess.CompletedProcess:
     """``torchrun --standalone --nproc_per_node nproc script argv`` with its temporary files (torchelastic
     folders, compile caches) inside ``tmp``; fails the test with the output on a non-zero exit."""
     env = {**os.environ, "TMPDIR": str(tmp), "TORCHINDUCTOR_CACHE_DIR": str(tmp / "inductor"),
-           "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", str(tmp / "torch_extensions")),
-           "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+           "TORCH_EXTENSIONS_DIR": EXTENSIONS_CACHE, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": str(ROOT)}
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
                              f"--nproc_per_node={nproc}", str(ROOT / script), *argv],
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
@@ -103,8 +108,8 @@ def engine_runs(script: str, argv: list, tmp: Path, resume: bool = True):
     return tmp, two.stdout
 
 
-def check_equivalence(tmp: Path, tiny_model) -> None:
-    two, one = weights(tmp / "two"), weights(tmp / "one_2")
+def check_equivalence(tmp: Path, tiny_model, two: str = "two", one: str = "one_2") -> None:
+    two, one = weights(tmp / two), weights(tmp / one)
     assert_same_weights(two, one)
     torch.manual_seed(0)  # the runs' initial weights (--seed 0): training moved them well beyond the tolerance
     initial = tiny_model().state_dict()
@@ -226,3 +231,185 @@ def test_mamba_fsdp_run_is_written_by_rank_0_and_enhances(mamba_fsdp_runs):
     assert_rank0_wrote_once(tmp / "two", stdout)
     assert weights(tmp / "two").keys() == tiny_mamba().state_dict().keys()
     check_enhances(tmp / "two" / "last.pt")
+
+
+# --------------------------------------------------------------------------- DeepSpeed ZeRO
+
+def series(runs: list, tmp: Path, nproc: int) -> str:
+    """Several recipe runs (``[script module, argv]``) in one torchrun launch (tests/recipe_series.py)."""
+    return torchrun("tests/recipe_series.py", [json.dumps(runs)], tmp, nproc).stdout
+
+
+@pytest.fixture(scope="module")
+def deepspeed_runs(photos, tmp_path_factory):
+    """Two launches: 2 processes x batch 1 for 2 steps at ZeRO stages 1, 2, 3 (3 with activation
+    checkpointing), stage 2 in bf16 (``--amp none`` replaced) and MambaIR-UNet at stage 3; then 1
+    process x batch 2 (stage 2) for 2 and 3 steps, the stage-2 and stage-3 checkpoints resumed on 1
+    process (universal) and the 1-process one resumed on 1 (the same world size), each to 3 steps.
+    MambaIR's reference accumulates 2 micro-batches of 1 (--grad-accum 2): its 1 x 2 differs from
+    2 x 1 by up to 1.5e-6 in a few weights whose gradients are ~1e-8 (the rounding of a batch-2
+    backward against two batch-1 ones, amplified by Adam's eps; 1 x 2 differs as much from
+    1 x 1 x 2); 2 x 1 and 1 x 1 x 2 run the same backward passes."""
+    tmp = tmp_path_factory.mktemp("deepspeed")
+    restormer = ["--data", str(photos), "--crop", "32", *TINY_RESTORMER, *TRAINING, "--lr", "1e-3"]
+    mamba = ["--data", str(photos), "--crop", "16", "--val-crop", "16", *TINY_MAMBA, *MAMBA_TRAINING, "--lr", "3e-4"]
+    recipe, mamba_recipe = "train_restormer_deepspeed_512", "train_mamba_deepspeed_512"
+    stdout = series([[recipe, [*restormer, "--batch-size", "1", "--steps", "2", "--zero-stage", str(stage),
+                               *extra, "--out", str(tmp / f"two_s{stage}")]]
+                     for stage, extra in ((1, []), (2, []), (3, ["--grad-checkpoint"]))]
+                    + [[recipe, [*restormer, "--batch-size", "1", "--steps", "2", "--amp", "bf16",
+                                 "--out", str(tmp / "two_bf16")]]]
+                    + [[mamba_recipe, [*mamba, "--batch-size", "1", "--steps", "2", "--zero-stage", "3",
+                                       "--out", str(tmp / "mamba_two")]]], tmp, nproc=2)
+    one = [*restormer, "--batch-size", "2", "--zero-stage", "2"]
+    series([[recipe, [*one, "--steps", "2", "--out", str(tmp / "one_2")]],
+            [recipe, [*one, "--steps", "3", "--out", str(tmp / "one_3")]],
+            [recipe, [*one, "--steps", "3", "--resume", str(tmp / "one_2"), "--out", str(tmp / "resumed_same")]],
+            [recipe, [*one, "--steps", "3", "--resume", str(tmp / "two_s2"), "--out", str(tmp / "resumed_s2")]],
+            [recipe, [*restormer, "--batch-size", "2", "--zero-stage", "3", "--grad-checkpoint", "--steps", "3",
+                      "--resume", str(tmp / "two_s3"), "--out", str(tmp / "resumed_s3")]],
+            [mamba_recipe, [*mamba, "--batch-size", "1", "--grad-accum", "2", "--steps", "2", "--zero-stage", "3",
+                            "--out", str(tmp / "mamba_one")]]], tmp, nproc=1)
+    return tmp, stdout
+
+
+def test_deepspeed_two_processes_train_as_one_with_the_double_batch_at_every_zero_stage(deepspeed_runs):
+    tmp, _ = deepspeed_runs
+    for stage in (1, 2, 3):
+        assert_same_weights(weights(tmp / f"two_s{stage}"), weights(tmp / "one_2"))
+    check_equivalence(tmp, tiny_restormer, two="two_s3", one="one_2")
+    check_equivalence(tmp, tiny_mamba, two="mamba_two", one="mamba_one")  # stage 3, and --grad-accum
+
+
+def test_deepspeed_bf16_trains_bf16_weights_on_fp32_masters_that_start_at_the_exact_weights(deepspeed_runs):
+    tmp, _ = deepspeed_runs
+    assert json.loads((tmp / "two_bf16" / "deepspeed_config.json").read_text())["bf16"]["enabled"]
+    bf16, fp32 = weights(tmp / "two_bf16"), weights(tmp / "one_2")
+    assert all(w.dtype == torch.float32 for w in bf16.values())
+    torch.manual_seed(0)
+    initial = tiny_restormer().state_dict()
+    # 2 Adam steps of lr 1e-5 and 2e-5 (warm-up) move a weight by at most 3e-5; masters copied from
+    # the bf16-cast weights would start up to ~1e-3 away
+    assert max((bf16[k] - initial[k]).abs().max().item() for k in bf16) <= 3.01e-5
+    assert 1e-7 < max((bf16[k] - fp32[k]).abs().max().item() for k in bf16)  # bf16 really ran
+
+
+def test_deepspeed_checkpoint_of_two_processes_resumes_on_one_through_the_universal_checkpoint(deepspeed_runs):
+    tmp, _ = deepspeed_runs
+    for stage in (2, 3):
+        assert (tmp / f"two_s{stage}" / "deepspeed" / "step_0000002_universal").is_dir()  # converted on the fly
+        assert load_checkpoint(tmp / f"resumed_s{stage}" / "last.pt")["step"] == 3
+        assert_same_weights(weights(tmp / f"resumed_s{stage}"), weights(tmp / "one_3"))
+    assert_same_weights(weights(tmp / "resumed_same"), weights(tmp / "one_3"), atol=0)  # same world size: exact
+    two_step, three_step = weights(tmp / "two_s2"), weights(tmp / "one_3")
+    assert max((two_step[k] - three_step[k]).abs().max().item() for k in two_step) > 5e-6
+    # the resumed run's own checkpoint: only its step, in the normal (not universal) layout
+    assert sorted(p.name for p in (tmp / "resumed_s2" / "deepspeed").iterdir() if p.is_dir()) == ["step_0000003"]
+
+
+def test_deepspeed_run_folder_is_written_by_rank_0_only_and_each_rank_its_partition(deepspeed_runs):
+    tmp, stdout = deepspeed_runs
+    run = tmp / "two_s2"
+    assert stdout.count("identity baseline") == 5  # once per run of the launch: rank 0's
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    counts = Counter((r["step"], r["split"]) for r in records)
+    assert counts and max(counts.values()) == 1, counts
+    config = json.loads((run / "config.json").read_text())
+    assert config["world_size"] == 2 and config["zero_stage"] == 2
+    resolved = json.loads((run / "deepspeed_config.json").read_text())
+    assert resolved["train_batch_size"] == 2 and resolved["zero_optimization"]["stage"] == 2
+    shards = sorted(p.name for p in (run / "deepspeed" / "step_0000002").glob("*optim_states.pt"))
+    assert shards == ["zero_pp_rank_0_mp_rank_00_optim_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt"]
+    assert weights(run).keys() == tiny_restormer().state_dict().keys()
+    best = load_checkpoint(run / "best.pt")  # the gathered fp32 weights of the final step
+    assert_same_weights(best["model"], weights(run), atol=0)
+
+
+def test_deepspeed_checkpoints_enhance_from_the_run_folder_and_last_pt(deepspeed_runs):
+    tmp, _ = deepspeed_runs
+    check_enhances(tmp / "two_s3")  # its best.pt: the gathered weights
+    check_enhances(tmp / "mamba_two" / "last.pt")  # the zero_to_fp32 weights
+
+
+def test_deepspeed_config_is_built_from_the_flags_and_the_file_wins(tmp_path):
+    from types import SimpleNamespace
+    from utils.deepspeed_engine import deepspeed_config
+    args = SimpleNamespace(zero_stage=3, offload_optimizer=True, batch_size=4, grad_accum=2, lr=3e-4,
+                           weight_decay=1e-4, grad_clip=0.01, amp="bf16", deepspeed_config=None)
+    config = deepspeed_config(args, world_size=8, on_cuda=True)
+    assert config["train_batch_size"] == 64 and config["gradient_accumulation_steps"] == 2
+    assert config["zero_optimization"] == {"stage": 3, "offload_optimizer": {"device": "cpu", "pin_memory": True}}
+    assert config["bf16"]["enabled"] and not config["fp16"]["enabled"] and config["gradient_clipping"] == 0.01
+    assert "torch_adam" not in config["optimizer"]["params"]  # offload: DeepSpeed's CPU Adam
+    file = tmp_path / "ds.json"
+    file.write_text(json.dumps({"train_batch_size": 32, "zero_optimization": {"stage": 1}, "bf16": {"enabled": False},
+                                "optimizer": {"params": {"lr": 1e-4}}}))
+    args.deepspeed_config = str(file)
+    config = deepspeed_config(args, world_size=8, on_cuda=True)
+    assert config["zero_optimization"] == {"stage": 1, "offload_optimizer": {"device": "cpu", "pin_memory": True}}
+    assert config["train_micro_batch_size_per_gpu"] == 2  # 32 images / (2 accumulated x 8 processes)
+    assert (args.batch_size, args.amp, args.lr, args.weight_decay) == (2, "none", 1e-4, 1e-4)  # what the run uses
+
+
+@pytest.mark.parametrize("content, message", [
+    ("{'stage': 2}", "not valid JSON"),
+    ("[1, 2]", "expected a JSON object"),
+    ('{"train_batch_size": 30, "train_micro_batch_size_per_gpu": 4, "gradient_accumulation_steps": 2}',
+     "train_batch_size 30 is not"),
+    ('{"train_batch_size": 31}', "train_batch_size 31 is not"),  # not a multiple of the 2 processes
+    ('{"bf16": {"enabled": true}, "fp16": {"enabled": true}}', "enable one"),
+])
+def test_deepspeed_bad_config_file_is_a_one_line_error(tmp_path, content, message):
+    from types import SimpleNamespace
+    from utils.deepspeed_engine import deepspeed_config
+    file = tmp_path / "ds.json"
+    file.write_text(content)
+    args = SimpleNamespace(zero_stage=2, offload_optimizer=False, batch_size=4, grad_accum=1, lr=3e-4,
+                           weight_decay=1e-4, grad_clip=0.0, amp="none", deepspeed_config=str(file))
+    with pytest.raises(ValueError, match=message) as error:
+        deepspeed_config(args, world_size=2, on_cuda=False)
+    assert "\n" not in str(error.value) and str(file) in str(error.value)
+
+
+def test_deepspeed_config_that_deepspeed_refuses_ends_the_recipe_with_one_line(photos, tmp_path):
+    """A single process without torchrun (a process group of one), through the recipe's command line."""
+    file = tmp_path / "ds.json"
+    file.write_text(json.dumps({"zero_optimization": {"stage": 7}}))
+    env = {**os.environ, "TMPDIR": str(tmp_path), "TORCH_EXTENSIONS_DIR": EXTENSIONS_CACHE, "DS_ACCELERATOR": "cpu",
+           "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, str(ROOT / "train_restormer_deepspeed_512.py"), "--data", str(photos),
+                             "--crop", "32", *TINY_RESTORMER, "--steps", "1", "--workers", "0",
+                             "--deepspeed-config", str(file), "--out", str(tmp_path / "run")],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr[-2000:]
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1 and "DeepSpeed refused the config" in error_lines[0] and "stage" in error_lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_deepspeed_non_finite_gradient_norm_stops_the_run_at_logging_time():
+    from utils.deepspeed_engine import EngineSteps
+    from utils.training import NonFiniteLossError
+
+    class Engine:
+        norm, micro_steps = float("nan"), 3
+
+        def get_global_grad_norm(self):
+            return self.norm
+
+        def fp16_enabled(self):
+            return False
+
+        def gradient_accumulation_steps(self):
+            return 2
+
+    engine = Engine()
+    steps = EngineSteps(engine)
+    assert not steps.stepped  # the 3rd micro-batch of 2-batch steps ends none
+    with pytest.raises(NonFiniteLossError, match="non-finite"):
+        steps.check()
+    engine.norm = None  # the norm's computation turned off in the config: nothing to check
+    steps.check()
+    engine.norm, engine.micro_steps = 0.5, 4
+    steps.check()
+    assert steps.stepped and steps.grad_norm == 0.5

@@ -14,8 +14,8 @@ EXTREMES = {
     "red": torch.tensor([1.0, 0.0, 0.0]).view(1, 3, 1, 1).expand(1, 3, 8, 8).clone(),
     "blue": torch.tensor([0.0, 0.0, 1.0]).view(1, 3, 1, 1).expand(1, 3, 8, 8).clone(),
 }
-ALL_LOSSES = [L1Loss(), CharbonnierLoss(), WindowAwareLoss(), WindowAwareLoss(normalization="image"), SaturationLoss(), SaturationLoss("catalog"), HSVLoss(),
-              HSVLoss(saturation_form="catalog")]
+ALL_LOSSES = [L1Loss(), CharbonnierLoss(), WindowAwareLoss(), WindowAwareLoss(normalization="image"),
+              *(SaturationLoss(form) for form in SATURATION_FORMS), *(HSVLoss(saturation_form=form) for form in SATURATION_FORMS)]
 
 
 def test_pixel_losses_known_values():
@@ -38,25 +38,34 @@ def test_luminance_and_chroma_plane():
     assert chroma_plane(torch.full((1, 3, 2, 2), 0.5)).abs().max().item() == pytest.approx(0.0)
 
 
-def test_saturation_loss_known_values_of_both_forms():
+def test_saturation_loss_known_values_of_every_form():
     grey, red = torch.full((1, 3, 4, 4), 0.5), EXTREMES["red"][:, :, :4, :4]
-    pink = torch.tensor([0.5, 0.25, 0.25]).view(1, 3, 1, 1).expand(1, 3, 4, 4)  # S 0.5, V 0.5
+    pink = torch.tensor([0.5, 0.25, 0.25]).view(1, 3, 1, 1).expand(1, 3, 4, 4)  # S 0.5, V 0.5, chroma 0.25
+    green = torch.tensor([0.0, 0.8, 0.0]).view(1, 3, 1, 1).expand(1, 3, 4, 4)  # chroma 0.8
     assert SaturationLoss("catalog")(grey, red).item() == pytest.approx(1.0)
     assert SaturationLoss("catalog")(pink, grey).item() == pytest.approx(0.5)
     # weighted: |dS| times the prediction's value
-    assert SaturationLoss()(grey, red).item() == pytest.approx(0.5)
-    assert SaturationLoss()(pink, grey).item() == pytest.approx(0.25)
-    assert SaturationLoss()(red, grey).item() == pytest.approx(1.0)
+    assert SaturationLoss("weighted")(grey, red).item() == pytest.approx(0.5)
+    assert SaturationLoss("weighted")(pink, grey).item() == pytest.approx(0.25)
+    assert SaturationLoss("weighted")(red, grey).item() == pytest.approx(1.0)
+    # chroma (the default): difference of chroma lengths, max - min for these single-hue colours
+    assert SaturationLoss()(grey, red).item() == pytest.approx(1.0, abs=2e-3)
+    assert SaturationLoss()(pink, grey).item() == pytest.approx(0.25, abs=2e-3)
+    assert SaturationLoss()(green, pink).item() == pytest.approx(0.55, abs=2e-3)
     for form in SATURATION_FORMS:
         assert SaturationLoss(form)(red, red).item() == pytest.approx(0.0)
     # a black prediction shows no colour: the weighted form does not ask it for any
-    assert SaturationLoss()(torch.zeros(1, 3, 4, 4), red).item() == 0.0
+    assert SaturationLoss("weighted")(torch.zeros(1, 3, 4, 4), red).item() == 0.0
+
+
+def test_default_saturation_form_is_chroma_everywhere():
+    assert SaturationLoss().form == "chroma" and HSVLoss().saturation_form == "chroma"
 
 
 def test_unknown_saturation_form_is_rejected():
-    with pytest.raises(ValueError, match="weighted, catalog"):
+    with pytest.raises(ValueError, match="chroma, weighted, catalog"):
         SaturationLoss("ratio")
-    with pytest.raises(ValueError, match="weighted, catalog"):
+    with pytest.raises(ValueError, match="chroma, weighted, catalog"):
         HSVLoss(saturation_form="ratio")
 
 
@@ -69,7 +78,7 @@ def near_black_noise(seed: int = 0) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("amp", [None, torch.bfloat16])
-def test_weighted_saturation_gradient_is_bounded_like_l1_at_black(amp):
+def test_chroma_and_weighted_saturation_gradients_are_bounded_like_l1_at_black(amp):
     target = torch.rand(1, 3, 4, 64, generator=torch.Generator().manual_seed(1))
     gradients = {}
     for form in SATURATION_FORMS:
@@ -83,14 +92,33 @@ def test_weighted_saturation_gradient_is_bounded_like_l1_at_black(amp):
         gradients[form] = pred.grad.abs() * pixels  # in units of a per-pixel mean's gradient, 1 / (N H W)
     # every channel's gradient at most 1 / (N H W), from black up through sensor noise...
     assert gradients["weighted"].max() <= 1.0 + 1e-3
+    assert gradients["chroma"].max() <= 1.0 + 1e-3
     # ...where the catalog's 1/V gradient is hundreds of times larger
     assert gradients["catalog"].max() > 100.0
+
+
+def test_chroma_saturation_gradient_never_changes_a_pixels_level():
+    """Its three channel gradients sum to zero in every pixel (the chroma plane is orthogonal to grey),
+    so it can make a colour more or less colourful but never lift or darken it: that is L1's job.
+    The weighted form does not have this property."""
+    generator = torch.Generator().manual_seed(3)
+    pred = torch.cat([near_black_noise(), torch.rand(1, 3, 4, 64, generator=generator)], dim=-1)
+    target = torch.rand(1, 3, 4, 128, generator=generator)
+    sums = {}
+    for form in ("chroma", "weighted"):
+        leaf = pred.clone().requires_grad_(True)
+        SaturationLoss(form)(leaf, target).backward()
+        sums[form] = leaf.grad.sum(1).abs().max().item() * (leaf.numel() // 3)
+        assert leaf.grad.abs().max() > 0
+    assert sums["chroma"] < 1e-5
+    assert sums["weighted"] > 0.1
 
 
 def test_hsv_loss_saturation_form_weights_only_its_saturation_term():
     pink, grey = torch.tensor([0.5, 0.25, 0.25]).view(1, 3, 1, 1).expand(1, 3, 4, 4), torch.full((1, 3, 4, 4), 0.5)
     only_saturation = dict(hue_weight=0.0, saturation_weight=1.0, value_weight=0.0)
-    assert HSVLoss(**only_saturation)(pink, grey).item() == pytest.approx(0.25)
+    assert HSVLoss(**only_saturation)(pink, grey).item() == pytest.approx(0.25, abs=2e-3)
+    assert HSVLoss(**only_saturation, saturation_form="weighted")(pink, grey).item() == pytest.approx(0.25)
     assert HSVLoss(**only_saturation, saturation_form="catalog")(pink, grey).item() == pytest.approx(0.5)
 
 

@@ -22,7 +22,8 @@ from data.pairs import discover_pairs  # noqa: E402
 from evaluate import region_masks  # noqa: E402
 from losses import L1Loss, SaturationLoss, WindowAwareLoss  # noqa: E402
 
-TERMS = {"l1": L1Loss(), "window": WindowAwareLoss(), "saturation (weighted)": SaturationLoss("weighted"),
+TERMS = {"l1": L1Loss(), "window": WindowAwareLoss(), "saturation (chroma)": SaturationLoss("chroma"),
+         "saturation (weighted)": SaturationLoss("weighted"),
          "saturation (catalog)": SaturationLoss("catalog")}
 
 

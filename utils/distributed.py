@@ -24,6 +24,7 @@ logged losses are the mean over all ranks.
 import datetime
 import os
 import shutil
+import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,10 +63,12 @@ class Distributed:
             dist.barrier()
 
 
-def init_distributed(device_name: str) -> Distributed:
+def init_distributed(device_name: str, require_group: bool = False) -> Distributed:
     """Join the process group that torchrun's environment describes (NCCL on CUDA, gloo on CPU);
-    without torchrun (no WORLD_SIZE) one process, no group. On CUDA each process takes
-    ``cuda:LOCAL_RANK``."""
+    without torchrun (no WORLD_SIZE) one process, no group, unless ``require_group`` (DeepSpeed
+    needs one): then a group of this one process on a free local port (and LOCAL_RANK 0, which
+    DeepSpeed reads); the environment is otherwise left alone, so a later in-process run is not
+    taken for a torchrun one. On CUDA each process takes ``cuda:LOCAL_RANK``."""
     launched = "WORLD_SIZE" in os.environ
     rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
@@ -73,16 +76,26 @@ def init_distributed(device_name: str) -> Distributed:
     if device.type == "cuda":
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
-    if launched and not dist.is_initialized():
+    if (launched or require_group) and not dist.is_initialized():
+        single = {} if launched else {"init_method": f"tcp://127.0.0.1:{_free_port()}", "rank": 0, "world_size": 1}
+        if not launched:
+            os.environ.setdefault("LOCAL_RANK", "0")
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=PROCESS_GROUP_TIMEOUT,
-                                device_id=device if device.type == "cuda" else None)
+                                device_id=device if device.type == "cuda" else None, **single)
     return Distributed(rank, world_size, local_rank, device, active=dist.is_initialized())
 
 
-def setup_distributed(args) -> Distributed:
-    """:func:`utils.run.setup` (seed, backend, run folder) after joining the process group; sets
-    ``args.device`` to this rank's device and records the world size in the config."""
-    context = init_distributed(args.device)
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def setup_distributed(args, require_group: bool = False) -> Distributed:
+    """:func:`utils.run.setup` (seed, backend, run folder) after joining the process group (see
+    :func:`init_distributed`); sets ``args.device`` to this rank's device and records the world size
+    in the config."""
+    context = init_distributed(args.device, require_group)
     args.device = str(context.device)
     args.world_size = context.world_size
     setup(args)
@@ -217,9 +230,10 @@ class DistributedRun(Run):
     """:class:`utils.run.Run` across the ranks of a data-parallel job: every rank resumes from the
     same checkpoint and counts the same steps; rank 0 alone writes the run folder, shows the progress
     bar and validates; the logged training losses are averaged over the ranks (one all-reduce per
-    logging interval); throughput counts the images of all ranks. With a
-    :class:`ShardedTrainingState` every rank takes part in gathering the weights for validation and
-    in writing last.pt's shards."""
+    logging interval); throughput counts the images of all ranks. With a sharded state
+    (:class:`ShardedTrainingState`, :class:`utils.deepspeed_engine.DeepSpeedTrainingState`: it has
+    ``gather`` and ``save_sharded``) every rank takes part in gathering the weights for validation
+    and in writing last.pt's shards."""
 
     def __init__(self, args, state, context: Distributed, **kwargs):
         self.context = context
@@ -248,7 +262,8 @@ class DistributedRun(Run):
 
     @property
     def sharded(self) -> bool:
-        return isinstance(self.state, ShardedTrainingState)
+        """The state is sharded over the ranks (FSDP2, DeepSpeed): gathering and saving are collective."""
+        return hasattr(self.state, "save_sharded")
 
     def validate(self) -> dict:
         if self.sharded:
@@ -267,10 +282,15 @@ class DistributedRun(Run):
 
 
 def shutdown() -> None:
-    """Leave the process group cleanly: wait for every rank, then destroy it."""
+    """Leave the process group cleanly: wait for every rank, then destroy it; through DeepSpeed when it
+    is loaded (it keeps references to the groups, which its own destroy releases: a later group in
+    this process then starts clean)."""
     if dist.is_initialized():
         dist.barrier()
-        dist.destroy_process_group()
+        if "deepspeed.comm" in sys.modules:
+            sys.modules["deepspeed.comm"].destroy_process_group()
+        else:
+            dist.destroy_process_group()
 
 
 def run_distributed_cli(main) -> None:
