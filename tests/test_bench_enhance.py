@@ -1,4 +1,5 @@
-"""tools/bench_enhance.py: tile counts match the tiled inference; a region run extrapolates by them."""
+"""tools/bench_enhance.py: tile counts match the tiled inference; a region run extrapolates by them;
+the pipeline mode counts the forwards inside enhance."""
 
 import sys
 from pathlib import Path
@@ -38,3 +39,12 @@ def test_region_run_of_each_architecture_builds_and_extrapolates_by_tile_count()
 def test_region_larger_than_photo_is_refused():
     with pytest.raises(SystemExit):
         bench_enhance.main(["--size", "64x64", "--region", "128x64", "--model", "tiny"])
+
+
+def test_pipeline_mode_times_enhance_and_the_network_forwards_inside_it():
+    result = bench_enhance.main(["--pipeline", "--arch", "nafnet", "--model", "tiny", "--size", "96x64",
+                                 "--tiles", "32", "--overlap", "8", "--rounds", "1", "--threads", "1"])
+    forwards = bench_enhance.tile_count(64, 96, 32, 8)
+    assert result["forwards"] == forwards
+    assert result["pixel_ratio"] == pytest.approx(forwards * 32 * 32 / (96 * 64))
+    assert 0 < result["inside_s"] <= result["enhance_s"] and result["bare_s"] > 0

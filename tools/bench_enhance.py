@@ -22,6 +22,13 @@ counts torch's native allocations that tracemalloc misses; on CUDA the child als
 ``torch.cuda.max_memory_allocated``. ``--whole`` adds a whole-image run, which is only started when
 the memory extrapolated from the tile runs fits in half of the machine's available memory.
 
+Pipeline overhead: ``enhance`` vs the network's time inside it (hooks, same call) and vs bare forwards
+of exactly the tiles it ran, interleaved in one process (the tile overlap's extra pixels are printed
+separately):
+
+    OMP_NUM_THREADS=2 /work/venv/bin/python tools/bench_enhance.py --pipeline --size 992x480 --tiles 512 \
+        --batch-size 4 --rounds 3
+
 Tiled vs whole agreement (a randomly initialised model; max and mean |tiled - whole| in 8-bit levels):
 
     OMP_NUM_THREADS=2 /work/venv/bin/python tools/bench_enhance.py --agreement --size 256x384 \
@@ -30,6 +37,7 @@ Tiled vs whole agreement (a randomly initialised model; max and mean |tiled - wh
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -218,6 +226,53 @@ def agreement(args) -> None:
                       f"{np.percentile(difference, 99):.2f} |", flush=True)
 
 
+@torch.no_grad()
+def pipeline(args) -> None:
+    """``enhance`` of one photo vs the network forwards inside it (timed by hooks in the same call) and
+    vs bare forwards of exactly those tile batches, interleaved in this process: the pipeline's overhead
+    (cutting, padding, blending, conversions). The tile overlap's extra pixels are counted separately."""
+    torch.set_num_threads(args.threads)
+    height, width = args.size
+    tile = args.tiles[0]
+    with tempfile.TemporaryDirectory() as folder:
+        checkpoint = write_checkpoint(Path(folder) / "model.pt", args.model, arch=args.arch)
+        enhancer = load_enhancer(checkpoint, args.device, amp=args.amp, tile=tile, overlap=args.overlap,
+                                 batch_size=args.batch_size)
+    network = enhancer.members[0].model
+    photo = synthetic_photo(height, width)
+    shapes, inside, started = [], [], []
+
+    def before_forward(module, inputs):  # returns None: the inputs go through unchanged
+        shapes.append(tuple(inputs[0].shape))
+        started.append(time.perf_counter())
+
+    network.register_forward_pre_hook(before_forward)
+    network.register_forward_hook(lambda module, inputs, output: inside.append(time.perf_counter() - started[-1]))
+    enhancer.enhance(photo)  # also the warm-up
+    batches = [torch.rand(shape, device=enhancer.device) for shape in shapes]
+    times = {"enhance": [], "inside": [], "bare": []}
+    for _ in range(args.rounds):
+        inside.clear()
+        start = time.perf_counter()
+        enhancer.enhance(photo)
+        times["enhance"].append(time.perf_counter() - start)
+        times["inside"].append(sum(inside))
+        start = time.perf_counter()
+        for batch in batches:
+            network(batch)
+        times["bare"].append(time.perf_counter() - start)
+    enhance_s, inside_s, bare_s = (statistics.median(times[key]) for key in ("enhance", "inside", "bare"))
+    computed = sum(batch.shape[0] * batch.shape[2] * batch.shape[3] for batch in batches)
+    print(f"{args.arch} {args.model}, {width}x{height}, tile {tile}, overlap {args.overlap}, batch {args.batch_size}, "
+          f"{args.threads} threads, medians of {args.rounds} interleaved rounds: {len(batches)} forward(s) of "
+          f"{sorted(set(shapes))} = {computed / (height * width):.2f}x the photo's pixels (tile overlap); "
+          f"enhance {enhance_s:.2f} s, of which in the network {inside_s:.2f} s (pipeline overhead "
+          f"{enhance_s / inside_s:.3f}x); bare forwards of the same batches {bare_s:.2f} s "
+          f"({enhance_s / bare_s:.3f}x)")
+    return {"forwards": len(batches), "pixel_ratio": computed / (height * width), "enhance_s": enhance_s,
+            "inside_s": inside_s, "bare_s": bare_s}
+
+
 def parse_size(text: str):
     width, _, height = text.partition("x")
     return int(height), int(width)
@@ -236,6 +291,9 @@ def main(argv=None) -> None:
                         help="base: the architecture's official configuration; demo: Restormer only")
     parser.add_argument("--region", type=parse_size, default=None,
                         help="WIDTHxHEIGHT: time only this top-left region and extrapolate by tile count")
+    parser.add_argument("--pipeline", action="store_true",
+                        help="enhance vs the bare forwards of its tiles (first --tiles entry), in one process")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of --pipeline")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=1)
@@ -250,6 +308,8 @@ def main(argv=None) -> None:
         child(args)
     elif args.agreement:
         agreement(args)
+    elif args.pipeline:
+        return pipeline(args)
     else:
         return benchmark(args)
 
