@@ -29,7 +29,7 @@ from losses.lab import DeltaELoss
 from losses.structural import SSIMLoss
 from models.mambair import MambaIRUNet
 from utils.checkpoint import build_model, model_spec
-from utils.cli import base_parser, parse_args
+from utils.cli import add_mambair_unet_args, base_parser, mambair_unet_kwargs, parse_args
 from utils.deepspeed_engine import DeepSpeedTrainingState, add_deepspeed_args, init_deepspeed
 from utils.distributed import DistributedRun, run_distributed_cli, setup_distributed
 from utils.run import prepare_model
@@ -45,11 +45,7 @@ DEMO_BUDGET = dict(steps=150, crop=48, batch_size=2, dim=30, num_blocks=[1, 1, 1
 def main(argv=None):
     # --- config: the official RealDN optimizer (AdamW 3e-4, weight decay 1e-4) -------------------
     parser = base_parser(__doc__, crop=512, lr=3e-4, weight_decay=1e-4, ema=0.0)
-    group = parser.add_argument_group("model (MambaIR-UNet)")
-    group.add_argument("--dim", type=int, default=48, help="channels at full resolution")
-    group.add_argument("--num-blocks", type=int, nargs=4, default=[4, 6, 6, 8], help="VSS blocks per level")
-    group.add_argument("--num-refinement-blocks", type=int, default=4)
-    group.add_argument("--mlp-ratio", type=float, default=1.5, help="SS2D channel expansion")
+    add_mambair_unet_args(parser)
     add_deepspeed_args(parser)
     parser.add_argument("--charbonnier-weight", type=float, default=1.0)
     parser.add_argument("--ssim-weight", type=float, default=0.2, help="1 - SSIM")
@@ -63,8 +59,7 @@ def main(argv=None):
 
     # --- model: DeepSpeed's engine around it (config from the flags, --deepspeed-config over it);
     # rank 0 keeps a plain copy to validate and ship -----------------------------------------------
-    model_kwargs = dict(inp_channels=3, out_channels=3, dim=args.dim, num_blocks=list(args.num_blocks),
-                        num_refinement_blocks=args.num_refinement_blocks, mlp_ratio=args.mlp_ratio, bias=False)
+    model_kwargs = mambair_unet_kwargs(args)
     model = MambaIRUNet(**model_kwargs, grad_checkpoint=args.grad_checkpoint)
     spec = model_spec(model, model_kwargs)
     engine = init_deepspeed(prepare_model(model, args, device, "MambaIRUNet"), args, context)

@@ -26,7 +26,7 @@ from losses.lab import DeltaELoss
 from losses.structural import SSIMLoss
 from models.mambair import MambaIRUNet, VSSBlock
 from utils.checkpoint import build_model, model_spec
-from utils.cli import base_parser, parse_args
+from utils.cli import add_mambair_unet_args, base_parser, mambair_unet_kwargs, parse_args
 from utils.distributed import (DistributedRun, ShardedTrainingState, run_distributed_cli, setup_distributed,
                                wrap_fsdp)
 from utils.run import prepare_model
@@ -42,11 +42,7 @@ DEMO_BUDGET = dict(steps=150, crop=48, batch_size=2, dim=30, num_blocks=[1, 1, 1
 def main(argv=None):
     # --- config: the official RealDN optimizer (AdamW 3e-4, weight decay 1e-4) -------------------
     parser = base_parser(__doc__, crop=512, lr=3e-4, weight_decay=1e-4, ema=0.0)
-    group = parser.add_argument_group("model (MambaIR-UNet)")
-    group.add_argument("--dim", type=int, default=48, help="channels at full resolution")
-    group.add_argument("--num-blocks", type=int, nargs=4, default=[4, 6, 6, 8], help="VSS blocks per level")
-    group.add_argument("--num-refinement-blocks", type=int, default=4)
-    group.add_argument("--mlp-ratio", type=float, default=1.5, help="SS2D channel expansion")
+    add_mambair_unet_args(parser)
     parser.add_argument("--charbonnier-weight", type=float, default=1.0)
     parser.add_argument("--ssim-weight", type=float, default=0.2, help="1 - SSIM")
     parser.add_argument("--lab-weight", type=float, default=0.5, help="mean Delta E 76 / 100")
@@ -61,8 +57,7 @@ def main(argv=None):
     train_set, val_set = build_datasets(args)
 
     # --- model: sharded per VSS block; rank 0 keeps a plain copy to validate and ship ------------
-    model_kwargs = dict(inp_channels=3, out_channels=3, dim=args.dim, num_blocks=list(args.num_blocks),
-                        num_refinement_blocks=args.num_refinement_blocks, mlp_ratio=args.mlp_ratio, bias=False)
+    model_kwargs = mambair_unet_kwargs(args)
     model = MambaIRUNet(**model_kwargs, grad_checkpoint=args.grad_checkpoint)
     spec = model_spec(model, model_kwargs)
     model = wrap_fsdp(prepare_model(model, args, device, "MambaIRUNet"), context, args.amp, VSSBlock)

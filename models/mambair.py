@@ -67,6 +67,9 @@ class ChannelAttention(nn.Module):
 
     def __init__(self, num_feat: int, squeeze_factor: int = 16):
         super().__init__()
+        if num_feat // squeeze_factor < 1:
+            raise ValueError(f"channel attention squeezes {num_feat} channels by {squeeze_factor} to none: "
+                             f"every width of the network must be at least {squeeze_factor} (e.g. dim/embed_dim >= {squeeze_factor})")
         self.attention = nn.Sequential(
             nn.AdaptiveAvgPool2d(1), nn.Conv2d(num_feat, num_feat // squeeze_factor, 1), nn.ReLU(inplace=True),
             nn.Conv2d(num_feat // squeeze_factor, num_feat, 1), nn.Sigmoid())

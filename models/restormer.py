@@ -9,9 +9,15 @@ Additions over the official model (they change no parameter):
 * any input size: the image is reflect-padded to a multiple of 8 and the output cropped back;
 * inputs with more channels than outputs (RGB + extra feature maps): the global residual adds the
   first ``out_channels`` input channels;
-* ``attention='sdpa'`` computes the channel attention with
-  :func:`torch.nn.functional.scaled_dot_product_attention` (fused kernels), ``'matmul'`` spells it out
-  as the official code does; both give the same result;
+* the transformer blocks compute in (N, H, W, C) layout (the model's activations are channels_last):
+  layer norm over contiguous channels, 1x1 convolutions as matmuls on the weight viewed as a matrix
+  with the residual added inside the matmul, depthwise 3x3 on channels_last memory, and the gated
+  FFN's halves widened with zero channels to multiples of 16 (vector-aligned rows);
+* ``attention='fused'`` (default) forms the logits from the Gram matrix of the unnormalised q, k
+  divided by their norms, and folds ``project_out`` into the attention map, so the pixels meet one
+  C x C matrix; ``'matmul'`` spells the attention out as the official code does; both give the same
+  result (the fast path's timings, and the ``scaled_dot_product_attention`` kernel it replaced:
+  README "Speed");
 * ``grad_checkpoint=True`` recomputes each transformer block in the backward pass while training,
   trading compute for activation memory.
 """
@@ -25,11 +31,15 @@ from torch.utils.checkpoint import checkpoint
 
 from .padding import pad_to_multiple
 
-ATTENTION_KINDS = ("sdpa", "matmul")
+ATTENTION_KINDS = ("fused", "matmul")
 LAYER_NORM_TYPES = ("WithBias", "BiasFree")
 # Three 2x downsamplings: the spatial size must be divisible by 2**3.
 SIZE_MULTIPLE = 8
 LAYER_NORM_EPS = 1e-5
+# Channel counts of the gated FFN's hidden tensors are rounded up to this (zeros): rows of a multiple
+# of 16 floats (64 bytes) keep the CPU matmuls vectorised and aligned (README "Speed":
+# tools/bench_fastpath.py ops, 48 -> 254 vs 48 -> 256 channels).
+CHANNEL_ALIGNMENT = 16
 
 
 def _check_attention_kind(kind: str) -> str:
@@ -80,6 +90,39 @@ class LayerNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
+    def forward_nhwc(self, x: torch.Tensor) -> torch.Tensor:
+        """The same norm of a (N, H, W, C) tensor: one pass over contiguous channels."""
+        return self.body(x)
+
+
+def _pointwise(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+    """A 1x1 ``conv`` applied to (N, H, W, C) ``x``: a matmul with its weight viewed as a matrix."""
+    return F.linear(x, conv.weight.view(conv.out_channels, conv.in_channels), conv.bias)
+
+
+def _pointwise_add(residual: torch.Tensor | None, x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+    """``residual + conv(x)`` for a 1x1 ``conv`` on (N, H, W, C) tensors, the sum inside the matmul (addmm)."""
+    if residual is None:
+        return _pointwise(x, conv)
+    weight = conv.weight.view(conv.out_channels, conv.in_channels)
+    out = torch.addmm(residual.reshape(-1, conv.out_channels), x.reshape(-1, conv.in_channels), weight.t())
+    if conv.bias is not None:
+        out = out + conv.bias
+    return out.view(residual.shape)
+
+
+def _widen(tensor: torch.Tensor | None, width: int, rows: slice = slice(None)) -> torch.Tensor | None:
+    """``tensor[rows]`` padded with zeros along its first axis to ``width`` entries (None stays None)."""
+    if tensor is None:
+        return None
+    tensor = tensor[rows]
+    return F.pad(tensor, (0, 0) * (tensor.dim() - 1) + (0, width - tensor.shape[0]))
+
+
+def _depthwise(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+    """A depthwise ``conv`` applied to (N, H, W, C) ``x`` through channels_last memory (no copies)."""
+    return conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+
 
 class FeedForward(nn.Module):
     """Gated-Dconv feed-forward network (GDFN): ``project_out(gelu(a) * b)``, ``a, b = dwconv(project_in(x))``."""
@@ -95,16 +138,44 @@ class FeedForward(nn.Module):
         gate, value = self.dwconv(self.project_in(x)).chunk(2, dim=1)
         return self.project_out(F.gelu(gate) * value)
 
+    def forward_nhwc(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """``residual + self(x)`` on (N, H, W, C) tensors (the layout of :meth:`TransformerBlock.forward`).
+
+        The gate and value halves run as two contiguous tensors, each widened with zero channels to a
+        multiple of ``CHANNEL_ALIGNMENT`` (Base: 127 -> 128); the zeros stay zero (gelu(0) * 0) and meet
+        zero columns of ``project_out``, so the result is unchanged.
+        """
+        if torch.onnx.is_in_onnx_export():
+            # An ONNX convolution needs a constant kernel, not one sliced and padded per call: the plain widths.
+            gate, value = _depthwise(_pointwise(x, self.project_in), self.dwconv).chunk(2, dim=-1)
+            return _pointwise_add(residual, F.gelu(gate) * value, self.project_out)
+        hidden = self.project_out.in_channels
+        width = -(-hidden // CHANNEL_ALIGNMENT) * CHANNEL_ALIGNMENT
+        weight_in = self.project_in.weight.view(2 * hidden, -1)
+        halves = []
+        for half in (slice(0, hidden), slice(hidden, 2 * hidden)):
+            projected = F.linear(x, _widen(weight_in[half], width), _widen(self.project_in.bias, width, half))
+            halves.append(F.conv2d(projected.permute(0, 3, 1, 2), _widen(self.dwconv.weight[half], width),
+                                   _widen(self.dwconv.bias, width, half), padding=1, groups=width).permute(0, 2, 3, 1))
+        gate, value = halves
+        weight_out = F.pad(self.project_out.weight.view(-1, hidden), (0, width - hidden))
+        out = torch.addmm(residual.reshape(-1, weight_out.shape[0]), (F.gelu(gate) * value).reshape(-1, width),
+                          weight_out.t())
+        if self.project_out.bias is not None:
+            out = out + self.project_out.bias
+        return out.view(residual.shape)
+
 
 class Attention(nn.Module):
     """Multi-Dconv head transposed attention (MDTA): attention across channels instead of pixels.
 
     Per head, with q, k, v of shape (C_head, H*W) and q, k L2-normalised over the pixels:
     ``out = softmax(temperature * q k^T) v`` -- a C_head x C_head attention map, linear in the pixel count.
-    ``attention`` selects the kernel: ``'sdpa'`` (fused) or ``'matmul'`` (explicit, as the official code).
+    ``attention`` selects the kernel: ``'fused'`` (see :meth:`_fused`) or ``'matmul'`` (explicit, as the
+    official code); the same result.
     """
 
-    def __init__(self, dim: int, num_heads: int, bias: bool, attention: str = "sdpa"):
+    def __init__(self, dim: int, num_heads: int, bias: bool, attention: str = "fused"):
         super().__init__()
         self.num_heads = num_heads
         self.attention = _check_attention_kind(attention)
@@ -114,20 +185,51 @@ class Attention(nn.Module):
         self.project_out = nn.Conv2d(dim, dim, kernel_size=1, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, channels, height, width = x.shape
-        head_shape = (batch, self.num_heads, channels // self.num_heads, height * width)
-        query, key, value = self.qkv_dwconv(self.qkv(x)).chunk(3, dim=1)
-        query = F.normalize(query.reshape(head_shape), dim=-1)
-        key = F.normalize(key.reshape(head_shape), dim=-1)
-        value = value.reshape(head_shape)
-        if self.attention == "sdpa":
-            # Channels play the role of tokens and pixels of the embedding; folding the learned
-            # temperature into the query with scale=1 reproduces softmax(temperature * q k^T) exactly.
-            out = F.scaled_dot_product_attention(query * self.temperature, key, value, scale=1.0)
+        return self.forward_nhwc(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+    def forward_nhwc(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """``residual + self(x)`` (or ``self(x)``) on (N, H, W, C) tensors, the layout of
+        :meth:`TransformerBlock.forward`."""
+        batch, height, width, channels = x.shape
+        heads, head_channels = self.num_heads, channels // self.num_heads
+        qkv = _depthwise(_pointwise(x, self.qkv), self.qkv_dwconv).reshape(batch, height * width, 3 * channels)
+        if self.attention == "fused":
+            return self._fused(qkv, residual, x.shape[:-1])
+        query, key, value = qkv.split(channels, dim=-1)  # (N, pixels, C) views
+        # Per head (C_head, pixels) matrices, as the official code lays them out.
+        query, key, value = (t.unflatten(-1, (heads, head_channels)).permute(0, 2, 3, 1) for t in (query, key, value))
+        query, key = F.normalize(query, dim=-1), F.normalize(key, dim=-1)
+        out = ((query @ key.transpose(-2, -1)) * self.temperature).softmax(dim=-1) @ value
+        return _pointwise_add(residual, out.permute(0, 3, 1, 2).reshape(x.shape), self.project_out)
+
+    def _fused(self, qkv: torch.Tensor, residual: torch.Tensor | None, shape: torch.Size) -> torch.Tensor:
+        """The attention and ``project_out`` from ``qkv`` (N, pixels, 3C) in two pixel-sized matmuls.
+
+        q_hat k_hat^T = (q k^T) / (|q| |k|^T) gives the logits without normalising q and k themselves (the
+        norms clamped at 1e-12 as in ``F.normalize``), and since ``project_out`` is linear,
+        ``W concat_h(A_h v_h) = (W blockdiag(A_h)) v``: the C x C product is formed first (tiny) and the
+        pixels meet it once, added to the residual inside the matmul.
+        """
+        batch, pixels, channels = qkv.shape[0], qkv.shape[1], qkv.shape[2] // 3
+        heads, head_channels = self.num_heads, channels // self.num_heads
+        query, key, value = qkv.split(channels, dim=-1)  # (N, pixels, C) views
+        per_head = (batch, pixels, heads, head_channels)
+        gram = query.view(per_head).permute(0, 2, 3, 1) @ key.view(per_head).transpose(1, 2)  # (N, heads, Ch, Ch)
+        # Sum of squares over the pixels of q and k at once; clamping it at 1e-24 is F.normalize's clamp of
+        # the norm at 1e-12 (vector_norm is not faster: tools/bench_fastpath.py ops).
+        norms = qkv[..., : 2 * channels].square().sum(dim=1).clamp_min(1e-24).sqrt()
+        query_norm = norms[:, :channels].reshape(batch, heads, head_channels, 1)
+        key_norm = norms[:, channels:].reshape(batch, heads, 1, head_channels)
+        attention = (gram / (query_norm * key_norm) * self.temperature).softmax(dim=-1)
+        weight = self.project_out.weight.view(channels, heads, head_channels).permute(1, 2, 0)  # (heads, Ch, C_out)
+        mixing = (attention.transpose(-2, -1) @ weight).reshape(batch, channels, channels)
+        if residual is None:
+            out = value @ mixing
         else:
-            logits = (query @ key.transpose(-2, -1)) * self.temperature
-            out = logits.softmax(dim=-1) @ value
-        return self.project_out(out.reshape(batch, channels, height, width))
+            out = torch.baddbmm(residual.reshape(batch, pixels, channels), value, mixing)
+        if self.project_out.bias is not None:
+            out = out + self.project_out.bias
+        return out.view(*shape, channels)
 
 
 class TransformerBlock(nn.Module):
@@ -140,7 +242,7 @@ class TransformerBlock(nn.Module):
         ffn_expansion_factor: float,
         bias: bool,
         LayerNorm_type: str,
-        attention: str = "sdpa",
+        attention: str = "fused",
     ):
         super().__init__()
         self.norm1 = LayerNorm(dim, LayerNorm_type)
@@ -149,8 +251,11 @@ class TransformerBlock(nn.Module):
         self.ffn = FeedForward(dim, ffn_expansion_factor, bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))
-        return x + self.ffn(self.norm2(x))
+        # (N, C, H, W) in channels_last memory is a contiguous (N, H, W, C) tensor: the norms run over
+        # contiguous channels and every 1x1 convolution is a plain matmul, with no copies in between.
+        x = x.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1)
+        x = self.attn.forward_nhwc(self.norm1.forward_nhwc(x), x)
+        return self.ffn.forward_nhwc(self.norm2.forward_nhwc(x), x).permute(0, 3, 1, 2)
 
 
 class OverlapPatchEmbed(nn.Module):
@@ -198,7 +303,7 @@ class Restormer(nn.Module):
     without the residual when ``dual_pixel_task`` (6-channel dual-pixel input, as official).
 
     Keyword-only extras, both changeable after construction (e.g. after loading a checkpoint):
-    ``attention`` -- ``'sdpa'`` or ``'matmul'`` (same result, see :class:`Attention`);
+    ``attention`` -- ``'fused'`` or ``'matmul'`` (same result, see :class:`Attention`);
     ``grad_checkpoint`` -- recompute transformer blocks in backward while training to save memory.
 
     Input (N, inp_channels, H, W) of any H, W; output (N, out_channels, H, W).
@@ -217,7 +322,7 @@ class Restormer(nn.Module):
         LayerNorm_type: str = "WithBias",
         dual_pixel_task: bool = False,
         *,
-        attention: str = "sdpa",
+        attention: str = "fused",
         grad_checkpoint: bool = False,
     ):
         super().__init__()
@@ -289,7 +394,7 @@ class Restormer(nn.Module):
 
     @property
     def attention(self) -> str:
-        """Attention kernel of every block, ``'sdpa'`` or ``'matmul'``; assign to switch all blocks."""
+        """Attention kernel of every block (one of ``ATTENTION_KINDS``); assign to switch all blocks."""
         return next(module.attention for module in self.modules() if isinstance(module, Attention))
 
     @attention.setter
@@ -312,6 +417,9 @@ class Restormer(nn.Module):
                 f"Restormer expects input of shape (N, {self.inp_channels}, H, W), got {tuple(inp_img.shape)}"
             )
         padded, (height, width) = pad_to_multiple(inp_img, SIZE_MULTIPLE)
+        # channels_last from the 3-channel input on: every activation is then the (N, H, W, C) tensor the
+        # blocks compute on, and the 3x3 convolutions, pixel (un)shuffles and concatenations keep it.
+        padded = padded.contiguous(memory_format=torch.channels_last)
 
         inp_enc_level1 = self.patch_embed(padded)
         out_enc_level1 = self._run_stage(self.encoder_level1, inp_enc_level1)

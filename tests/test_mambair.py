@@ -162,6 +162,12 @@ def test_mambair_bad_config_raises(kwargs, message):
         tiny(MambaIR, **kwargs)
 
 
+@pytest.mark.parametrize("cls, kwargs", [(MambaIR, dict(embed_dim=24)), (MambaIRUNet, dict(dim=16))])
+def test_widths_below_the_channel_attention_squeeze_raise_one_clear_error(cls, kwargs):
+    with pytest.raises(ValueError, match="at least 30"):
+        tiny(cls, **kwargs)
+
+
 def test_wrong_input_channels_raise():
     with pytest.raises(ValueError, match=r"\(N, 3, H, W\)"):
         tiny(MambaIRUNet)(torch.rand(1, 4, 8, 8))

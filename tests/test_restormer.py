@@ -102,27 +102,95 @@ def test_extra_input_channels_residual_adds_rgb(inp_channels):
         torch.testing.assert_close(model(x), x[:, :3], rtol=0, atol=0)
 
 
+def _gradients(model, x, target):
+    model.zero_grad()
+    out = model(x)
+    F.l1_loss(out, target).backward()
+    return out.detach(), {name: p.grad.clone() for name, p in model.named_parameters()}
+
+
 @pytest.mark.parametrize("layer_norm_type", ["WithBias", "BiasFree"])
-def test_sdpa_matches_matmul(layer_norm_type):
+def test_fused_attention_matches_matmul_forward_and_gradients(layer_norm_type):
     torch.manual_seed(0)
-    model = Restormer.tiny(LayerNorm_type=layer_norm_type, heads=(1, 2, 2, 4)).eval()
+    model = Restormer.tiny(LayerNorm_type=layer_norm_type, heads=(1, 2, 2, 4), bias=True).train()
     _randomise_temperatures(model)
-    x = torch.rand(2, 3, 40, 24)
+    x, target = torch.rand(2, 3, 40, 24), torch.rand(2, 3, 40, 24)
+    model.attention = "fused"
+    fused_out, fused_grads = _gradients(model, x, target)
+    model.attention = "matmul"
+    matmul_out, matmul_grads = _gradients(model, x, target)
+    torch.testing.assert_close(fused_out, matmul_out, rtol=1e-5, atol=1e-5)
+    assert not torch.equal(fused_out, x)
+    for name, grad in matmul_grads.items():
+        torch.testing.assert_close(fused_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def _reference_block(block, x):
+    """A transformer block spelled out in (N, C, H, W) from the paper's formulas, as the official code
+    computes it: per-pixel norm over channels, 1x1/3x3 convolutions, L2-normalised q and k per head."""
+
+    def norm(module, t):
+        body = module.body
+        variance = t.var(dim=1, keepdim=True, unbiased=False)
+        if hasattr(body, "bias"):
+            return (t - t.mean(dim=1, keepdim=True)) / torch.sqrt(variance + 1e-5) * body.weight.view(1, -1, 1, 1) \
+                + body.bias.view(1, -1, 1, 1)
+        return t / torch.sqrt(variance + 1e-5) * body.weight.view(1, -1, 1, 1)
+
+    attn, ffn = block.attn, block.ffn
+    batch, channels, height, width = x.shape
+    heads = attn.num_heads
+    q, k, v = (t.reshape(batch, heads, channels // heads, height * width)
+               for t in attn.qkv_dwconv(attn.qkv(norm(block.norm1, x))).chunk(3, dim=1))
+    q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+    out = ((q @ k.transpose(-2, -1)) * attn.temperature).softmax(dim=-1) @ v
+    x = x + attn.project_out(out.reshape(batch, channels, height, width))
+    gate, value = ffn.dwconv(ffn.project_in(norm(block.norm2, x))).chunk(2, dim=1)
+    return x + ffn.project_out(F.gelu(gate) * value)
+
+
+@pytest.mark.parametrize("attention", restormer_module.ATTENTION_KINDS)
+@pytest.mark.parametrize("layer_norm_type, bias, heads", [("WithBias", False, 1), ("BiasFree", True, 3)])
+def test_channels_last_block_matches_reference_forward_and_gradients(attention, layer_norm_type, bias, heads):
+    # dim 12 with the official expansion 2.66: 31 hidden channels, widened to 32 inside the FFN.
+    torch.manual_seed(0)
+    block = restormer_module.TransformerBlock(12, heads, 2.66, bias, layer_norm_type, attention)
     with torch.no_grad():
-        model.attention = "sdpa"
-        sdpa_out = model(x)
-        model.attention = "matmul"
-        matmul_out = model(x)
-    torch.testing.assert_close(sdpa_out, matmul_out, rtol=1e-5, atol=1e-5)
-    assert not torch.equal(sdpa_out, x)
+        for name, parameter in block.named_parameters():
+            # Scales (norm weights, temperatures) around 1; weights and biases random.
+            if name.endswith(("temperature", "norm1.body.weight", "norm2.body.weight")):
+                parameter.uniform_(0.5, 1.5)
+            else:
+                parameter.normal_(0, 0.3)
+    assert block.ffn.project_out.in_channels % restormer_module.CHANNEL_ALIGNMENT != 0
+    x = torch.randn(2, 12, 9, 11)
+    outputs, gradients = [], []
+    for forward in (block, lambda t: _reference_block(block, t)):
+        block.zero_grad()
+        inputs = x.clone().requires_grad_()
+        out = forward(inputs)
+        (out * torch.linspace(-1, 1, out.numel()).view(out.shape)).sum().backward()
+        outputs.append(out.detach())
+        gradients.append([inputs.grad] + [p.grad.clone() for p in block.parameters()])
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-5, atol=1e-5)
+    for fast, reference in zip(*gradients):
+        torch.testing.assert_close(fast, reference, rtol=1e-5, atol=1e-5)
+
+
+def test_output_does_not_depend_on_input_memory_format():
+    torch.manual_seed(0)
+    model = Restormer.tiny().eval()
+    x = torch.rand(1, 3, 24, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x.contiguous(memory_format=torch.channels_last)), model(x), rtol=0, atol=0)
 
 
 def test_attention_kind_set_in_constructor_and_after():
     model = Restormer.tiny(attention="matmul")
     assert model.attention == "matmul"
-    model.attention = "sdpa"
+    model.attention = "fused"
     kinds = {m.attention for m in model.modules() if isinstance(m, restormer_module.Attention)}
-    assert kinds == {"sdpa"}
+    assert kinds == {"fused"}
 
 
 def test_grad_checkpoint_gives_same_gradients_and_only_while_training(monkeypatch):

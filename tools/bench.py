@@ -11,11 +11,14 @@ one OpenCV thread) cropping from 3296x2192 JPEG pairs it writes, without and wit
     OMP_NUM_THREADS=2 python tools/bench.py --json bench.json --markdown bench.md      # every model
     python tools/bench.py --quick                                                      # tiny, seconds
     python tools/bench.py --models restormer --official /tmp/restormer_arch.py         # vs official
+    git show REV:models/restormer.py > /tmp/restormer_before.py                        # ... and vs REV
+    python tools/bench.py --models --no-loader --official /tmp/restormer_arch.py --before /tmp/restormer_before.py
     python tools/bench.py --device cuda --crop 512 --amp bf16 --compile                # on a GPU
 
 ``--official PATH`` imports ``Restormer`` from the official ``basicsr/models/archs/restormer_arch.py``
 at PATH (nothing of it is copied here) and times both Base models interleaved in one process, medians
-over ``--rounds``. CPU timings on a shared machine are noisy: compare rows of one run only.
+over ``--rounds``; ``--before PATH`` adds an earlier revision of ``models/restormer.py`` to the same
+rounds (the before/after ratio of the fast path). CPU timings on a shared machine are noisy: compare rows of one run only.
 """
 import argparse
 import importlib.util
@@ -265,33 +268,58 @@ def bench_loader(args):
                 pixel_cache_first_visit=cold, pixel_cache=after, speedup=after / before)
 
 
-def bench_official(path, args, device):
-    """This Restormer Base vs the official file's, interleaved: train step and forward medians, and ratios."""
-    spec = importlib.util.spec_from_file_location("official_restormer_arch", path)
+def load_module(path, module_name):
+    """The Python file at ``path`` as module ``module_name``; named inside ``models`` (``models._x``), an
+    earlier revision of ``models/restormer.py`` resolves its relative imports (``from .padding ...``)."""
+    spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+def load_restormer_class(path, module_name):
+    """``Restormer`` from the file at ``path`` (see :func:`load_module`)."""
+    return load_module(path, module_name).Restormer
+
+
+def bench_official(path, args, device, before_path=None):
+    """This Restormer Base vs the official file's (and an earlier revision's, ``before_path``),
+    interleaved: train step and forward medians, and ratios."""
+    others = {"official": load_restormer_class(path, "official_restormer_arch")}
+    if before_path:
+        others["before"] = load_restormer_class(before_path, "models._restormer_before")
     torch.manual_seed(0)
-    official = module.Restormer().to(device)
+    others = {who: builder().to(device) for who, builder in others.items()}
     ours = Restormer.base().to(device)
-    ours.load_state_dict(official.state_dict(), strict=True)
+    ours.load_state_dict(others["official"].state_dict(), strict=True)
+    for model in others.values():
+        model.load_state_dict(ours.state_dict(), strict=True)
     probe = torch.rand(1, 3, 64, 64, device=device)
     with torch.inference_mode():
-        max_difference = (ours.eval()(probe) - official.eval()(probe)).abs().max().item()
+        reference = ours.eval()(probe)
+        differences = {who: (reference - model.eval()(probe)).abs().max().item() for who, model in others.items()}
     amp_dtype = AMP_DTYPES[args.amp]
     shape = (args.batch, 3, args.crop, args.crop)
     inputs, targets = torch.rand(shape, device=device), torch.rand(shape, device=device)
     forward_inputs = torch.rand(1, 3, args.official_forward_size, args.official_forward_size, device=device)
-    times = {key: [] for key in ("ours_train", "official_train", "ours_forward", "official_forward")}
-    models = {"ours": prepare(ours, device, args.channels_last, args.compile), "official": official}
-    for round_ in range(args.rounds):  # the first round's extra step and forward warm both models up
+    models = {"ours": prepare(ours, device, args.channels_last, args.compile), **others}
+    times = {f"{who}_{what}": [] for who in models for what in ("train", "forward")}
+    for round_ in range(args.rounds):  # the first round's extra step and forward warm every model up
         for who, model in models.items():
             times[f"{who}_train"] += time_train_steps(model.train(), inputs, targets, 1, amp_dtype, warmup=not round_)
             times[f"{who}_forward"] += time_forwards(model.eval(), forward_inputs, 1, amp_dtype, warmup=not round_)
+            print(f"round {round_}: {who} train {times[f'{who}_train'][-1]:.3f} s, forward "
+                  f"{times[f'{who}_forward'][-1]:.3f} s", flush=True)
     medians = {key: statistics.median(values) for key, values in times.items()}
-    return dict(medians, max_output_difference=max_difference, train_crop=args.crop,
-                forward_size=args.official_forward_size, rounds=args.rounds,
-                train_speedup=medians["official_train"] / medians["ours_train"],
-                forward_speedup=medians["official_forward"] / medians["ours_forward"])
+    report = dict(medians, max_output_difference=differences["official"], train_crop=args.crop,
+                  forward_size=args.official_forward_size, rounds=args.rounds,
+                  train_speedup=medians["official_train"] / medians["ours_train"],
+                  forward_speedup=medians["official_forward"] / medians["ours_forward"])
+    if before_path:
+        report.update(before_path=str(before_path), before_max_output_difference=differences["before"],
+                      before_train_speedup=medians["before_train"] / medians["ours_train"],
+                      before_forward_speedup=medians["before_forward"] / medians["ours_forward"])
+    return report
 
 
 def machine_name(device):
@@ -324,6 +352,12 @@ def markdown(report):
                      f"({official['train_speedup']:.2f}x); forward {official['ours_forward']:.2f} s vs "
                      f"{official['official_forward']:.2f} s at {official['forward_size']}² "
                      f"({official['forward_speedup']:.2f}x); max output difference {official['max_output_difference']:.1e}.")
+        if "before_path" in official:
+            lines.append(f"\nRestormer Base vs {official['before_path']} (same rounds): train step "
+                         f"{official['ours_train']:.2f} s vs {official['before_train']:.2f} s "
+                         f"({official['before_train_speedup']:.2f}x); forward {official['ours_forward']:.2f} s vs "
+                         f"{official['before_forward']:.2f} s ({official['before_forward_speedup']:.2f}x); max output "
+                         f"difference {official['before_max_output_difference']:.1e}.")
     return "\n".join(lines) + "\n"
 
 
@@ -345,6 +379,9 @@ def main(argv=None):
     parser.add_argument("--loader-samples", type=int, default=10, help="samples per timed round without cache")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (loader, --official)")
     parser.add_argument("--official", default=None, metavar="PATH", help="official restormer_arch.py to compare")
+    parser.add_argument("--before", default=None, metavar="PATH",
+                        help="with --official: an earlier models/restormer.py (git show REV:models/restormer.py) "
+                             "timed in the same interleaved rounds")
     parser.add_argument("--official-forward-size", type=int, default=256)
     parser.add_argument("--json", default=None, metavar="PATH")
     parser.add_argument("--markdown", default=None, metavar="PATH")
@@ -369,7 +406,7 @@ def main(argv=None):
     if not args.no_loader:
         report["loader"] = bench_loader(args)
     if args.official:
-        report["official"] = bench_official(args.official, args, device)
+        report["official"] = bench_official(args.official, args, device, args.before)
     table = markdown(report)
     print(table)
     if args.json:

@@ -52,7 +52,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=128, help="square crop side in pixels")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     parser.add_argument("--steps", type=int, default=5, help="timed steps")
-    parser.add_argument("--kernels", nargs="+", default=["sdpa", "matmul"], choices=["sdpa", "matmul"])
+    parser.add_argument("--kernels", nargs="+", default=["fused", "matmul"], choices=["fused", "matmul"])
     parser.add_argument("--grad-checkpoint", action="store_true", help="checkpoint transformer blocks")
     args = parser.parse_args()
 

@@ -138,6 +138,21 @@ def restormer_kwargs(args, inp_channels: int = 3) -> dict:
                 ffn_expansion_factor=args.ffn_expansion_factor, bias=False, LayerNorm_type=args.layernorm)
 
 
+def add_mambair_unet_args(parser: argparse.ArgumentParser) -> None:
+    """MambaIR-UNet's size flags (defaults: the official real-denoising U-Net, 26.8M parameters)."""
+    model = parser.add_argument_group("model (MambaIR-UNet)")
+    model.add_argument("--dim", type=int, default=48, help="channels at full resolution (at least 30)")
+    model.add_argument("--num-blocks", type=int, nargs=4, default=[4, 6, 6, 8], help="VSS blocks per level")
+    model.add_argument("--num-refinement-blocks", type=int, default=4)
+    model.add_argument("--mlp-ratio", type=float, default=1.5, help="SS2D channel expansion")
+
+
+def mambair_unet_kwargs(args) -> dict:
+    """MambaIRUNet constructor arguments from the flags of :func:`add_mambair_unet_args`."""
+    return dict(inp_channels=3, out_channels=3, dim=args.dim, num_blocks=list(args.num_blocks),
+                num_refinement_blocks=args.num_refinement_blocks, mlp_ratio=args.mlp_ratio, bias=False)
+
+
 def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
