@@ -1,4 +1,5 @@
 import colorsys
+import re
 from functools import partial
 
 import pytest
@@ -7,6 +8,7 @@ import torch
 from losses import CharbonnierLoss, CombinedLoss, HSVLoss, L1Loss, SaturationLoss, WindowAwareLoss, overexposure_mask
 from losses.color import SATURATION_FORMS
 from losses.colorspace import chroma_plane, luminance, rgb_to_hsv
+from losses.depth_maps import normalize_depth
 from losses.side_output import SideOutputLoss
 from losses.weighting import NormalizedLoss, UncertaintyWeightedLoss
 from losses.window import WINDOW_NORMALIZATIONS
@@ -269,3 +271,10 @@ def test_side_output_is_compared_with_the_block_means_of_a_textured_target_not_a
     y, x = torch.meshgrid(torch.arange(16), torch.arange(16), indexing="ij")
     checkerboard = ((x + y) % 2).float().expand(1, 3, 16, 16)  # every 8x8 block averages to 0.5
     assert SideOutputLoss()(torch.full((1, 3, 2, 2), 0.5), checkerboard).item() == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 4, 4), (1, 4, 4), (4, 4)])
+def test_normalize_depth_rejects_a_map_that_is_not_one_channel_4d_naming_its_shape(shape):
+    # a 3-channel 4-D map must fail too, not only a map of the wrong rank
+    with pytest.raises(ValueError, match=re.escape(f"got {shape}")):
+        normalize_depth(torch.rand(shape))
