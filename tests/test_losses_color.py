@@ -6,7 +6,7 @@ import torch
 from skimage.color import rgb2lab
 
 from losses.bright_color import BrightChromaLoss, BrightHistogramLoss, BrightHueLoss, BrightRGBLoss
-from losses.color_angle import ColorConsistencyLoss
+from losses.color_angle import ANGLE_EPS, ColorConsistencyLoss
 from losses.colorspace import delta_e76, rgb_to_lab, srgb_to_linear
 from losses.direction import ColorDirectionLoss
 from losses.histogram import HistogramLoss, soft_histogram
@@ -92,12 +92,32 @@ def test_multiscale_color_known_values():
         MultiScaleColorLoss(scales=(0,))
 
 
+def test_multiscale_color_compares_block_mean_colours_at_a_coarse_scale():
+    # a red/green checkerboard against itself moved by one pixel: every pixel's colour is wrong, every
+    # 2x2 block's mean colour right
+    y, x = torch.meshgrid(torch.arange(8), torch.arange(8), indexing="ij")
+    red = ((x + y) % 2).float().expand(1, 1, 8, 8)
+    checkerboard = torch.cat([red, 1.0 - red, torch.zeros_like(red)], dim=1)
+    moved = checkerboard.roll(1, dims=-1)
+    assert MultiScaleColorLoss(scales=(2,))(checkerboard, moved).item() == pytest.approx(0.0, abs=1e-5)
+    assert MultiScaleColorLoss(scales=(1,))(checkerboard, moved).item() > 0.5
+
+
 def test_color_consistency_known_values():
     target = torch.rand(1, 3, 8, 8) * 0.4 + 0.1
     loss = ColorConsistencyLoss()
     assert loss(2 * target, target).item() == pytest.approx(0.0, abs=1e-4)
     green = constant([0.0, 1.0, 0.0])
     assert loss(EXTREMES["red"], green).item() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_color_consistency_softens_a_colour_as_dark_as_eps_in_either_image_to_half_its_angle():
+    # |v|_eps = sqrt(|v|^2 + eps^2): a red of level eps has |v|_eps = sqrt(2) eps, so its cosine with
+    # full red is 1 / sqrt(2) (near-black pixels carry little colour), whichever image it is in
+    dark_red = constant([ANGLE_EPS, 0.0, 0.0])
+    expected = 1.0 - 1.0 / np.sqrt(2.0 * (1.0 + ANGLE_EPS ** 2))
+    assert ColorConsistencyLoss()(dark_red, EXTREMES["red"]).item() == pytest.approx(expected, rel=1e-5)
+    assert ColorConsistencyLoss()(EXTREMES["red"], dark_red).item() == pytest.approx(expected, rel=1e-5)
 
 
 def test_bright_losses_only_see_bright_regions():

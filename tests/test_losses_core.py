@@ -180,6 +180,23 @@ def test_image_normalised_window_loss_known_values():
     assert expected == pytest.approx(0.2 * (1 + 2.0 * window_mask / 4), rel=1e-4)
 
 
+def test_region_window_loss_divides_by_at_least_one_pixel_of_window():
+    # one blown-out pixel (mask 0.977): the region mean divides by max(sum of the mask, 1) = 1
+    inp = torch.full((1, 3, 4, 4), 0.3)
+    inp[..., 0, 0] = 1.0
+    target = torch.full_like(inp, 0.5)
+    window_share = overexposure_mask(inp).sum().item()
+    assert window_share == pytest.approx(0.977, abs=1e-3)
+    assert WindowAwareLoss()(target + 0.2, target, inp).item() == pytest.approx(0.2 * window_share, rel=1e-4)
+
+
+def test_window_loss_uses_its_threshold_and_softness():
+    inp, target = torch.full((1, 3, 4, 4), 0.75), torch.full((1, 3, 4, 4), 0.5)
+    loss = WindowAwareLoss(threshold=0.7, softness=0.2, normalization="image")
+    expected = 0.2 * torch.sigmoid(torch.tensor((0.75 - 0.7) / 0.2)).item()
+    assert loss(target + 0.2, target, inp).item() == pytest.approx(expected, rel=1e-4)
+
+
 def test_unknown_window_normalization_is_rejected():
     with pytest.raises(ValueError, match="region, image"):
         WindowAwareLoss(normalization="mask")
@@ -259,6 +276,14 @@ def test_learned_and_normalised_weightings_pass_pred_target_and_input_to_every_t
     assert values["loss"].item() == pytest.approx(expected.item() if combination == "uncertainty" else 2.0)
 
 
+def test_combined_loss_refuses_having_no_term_with_a_non_zero_weight():
+    with pytest.raises(ValueError, match="^CombinedLoss needs at least one term with a non-zero weight$"):
+        CombinedLoss({"l1": (0.0, L1Loss())})
+
+
+def test_weightings_refuse_having_no_term_and_drop_zero_weights():
+    with pytest.raises(ValueError, match="^CombinedLoss needs at least one term with a non-zero weight$"):
+        CombinedLoss({"l1": (0.0, L1Loss())})
 def test_weightings_refuse_having_no_term_and_drop_zero_weights():
     with pytest.raises(ValueError, match="^UncertaintyWeightedLoss needs at least one term$"):
         UncertaintyWeightedLoss({})

@@ -8,10 +8,12 @@ Runs mutmut (a dev-only dependency: pip install -r requirements-dev.txt) one mod
 under a wall-clock --timeout, in the repository root; mutmut copies the code to mutants/, puts one
 small bug at a time into a function and runs the tests that call that function (recorded on the
 first run). A mutant is killed when a test fails; one that survives is a bug the suite would let
-through. A mutant whose tests run past mutmut's time limit is a timeout, left out of the kill rate:
-mutmut's forked runner hangs on mutants of code run at test-module import, caught or not. A module tested before gets only its mutants that were
-not killed retried (after a test was added), unless --fresh; mutmut itself re-tests the functions whose
-code changed. Print the survivors with --survivors, and inspect one with `mutmut show NAME`. The kill
+through. A mutant whose tests run past mutmut's time limit is a timeout, left out of the kill rate.
+mutmut runs each mutant's tests in a child forked from a process that has run torch; with more than one
+OpenMP thread such a child hangs in the thread pool it inherited (libgomp is not fork-safe), so mutmut
+runs here with one thread (OMP_NUM_THREADS=1), else most mutants of torch code end as timeouts. A module
+tested before gets only its mutants that were not killed (survivors and timeouts) retried, unless
+--fresh; mutmut itself re-tests the functions whose code changed. Print the survivors with --survivors, and inspect one with `mutmut show NAME`. The kill
 rate leaves out the reviewed survivors listed in EQUIVALENT (no observable difference) and HELP_TEXT
 (only a flag's --help text changes).
 """
@@ -49,6 +51,12 @@ EQUIVALENT = {
     # clamp(0, 1) after it never changes a value, so neither does dropping or widening either bound
     **{f"losses.depth_maps.x_normalize_depth__mutmut_{n}": "clamp(0.0, 1.0) of a min-max ratio already in [0, 1]"
        for n in (30, 31, 33, 39)},
+    "losses.frequency.xǁFocalFrequencyLossǁforward__mutmut_4":
+        "autocast on around fft2 of an fp32 difference: no autocast op list (CPU, CUDA) casts fft, it stays fp32",
+    "losses.frequency.xǁFocalFrequencyLossǁforward__mutmut_5":
+        "autocast on around fft2 of an fp32 difference: no autocast op list (CPU, CUDA) casts fft, it stays fp32",
+    "losses.frequency.xǁFocalFrequencyLossǁforward__mutmut_27": "amax over dims (+2, -1) of a 4-D spectrum is (-2, -1)",
+    "losses.lab.xǁMultiScaleColorLossǁforward__mutmut_8": "scale >= 1 also pools at scale 1: a 1 x 1 average pool is the identity",
 }
 # Survivors that change only what `--help` prints (a flag's help= or metavar= text, reviewed with
 # `mutmut show`): no behaviour to test. Counted in their own column and, like EQUIVALENT, left out of
@@ -178,9 +186,8 @@ def print_table(paths: list, survivors: bool) -> None:
     for path in paths:
         counts = tally(path)
         total = sum(counts.values())
-        # Timeouts stay out of the rate: here they are mostly mutants of code that runs while pytest
-        # imports the test files (a loss built at module level), which hang mutmut's forked runner
-        # whether or not the tests would catch them (run by hand, some fail and some pass).
+        # Timeouts stay out of the rate: no verdict (--verify-timeouts gives them one), e.g. mutants of
+        # code that runs while pytest imports the test files (a loss built at module level).
         checked = counts["killed"] + counts["survived"] + counts["no tests"]
         rate = f"{100 * counts['killed'] / checked:5.1f} %" if checked else (
             "timeouts only" if counts["timeout"] else "  not run")
@@ -218,13 +225,16 @@ def main(argv=None) -> None:
         for path in paths:
             print(f"--- {path}", flush=True)
             previous = results(path)
-            retry = [name for name, code in previous.items() if code not in KILLED]
+            retry = [name for name, code in previous.items() if KILLED.get(code) != "killed"]
             if previous and not retry and not args.fresh:
                 continue
             names = retry if previous and not args.fresh else [mutant_glob(path)]
             command = [sys.executable, "-m", "mutmut", "run", "--max-children", str(args.jobs), *names]
+            # one OpenMP / MKL thread: mutmut's forked test workers hang in a multi-threaded pool
+            environment = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
             # its own process group, so a timeout also ends mutmut's forked test workers
-            process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, start_new_session=True)
+            process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, start_new_session=True,
+                                       env=environment)
             try:
                 process.wait(timeout=args.timeout)
             except subprocess.TimeoutExpired:
