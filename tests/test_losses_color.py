@@ -5,7 +5,7 @@ import pytest
 import torch
 from skimage.color import rgb2lab
 
-from losses.bright_color import BrightChromaLoss, BrightHistogramLoss, BrightHueLoss, BrightRGBLoss
+from losses.bright_color import CHROMA_EPS, BrightChromaLoss, BrightHistogramLoss, BrightHueLoss, BrightRGBLoss
 from losses.color_angle import ANGLE_EPS, ColorConsistencyLoss
 from losses.colorspace import delta_e76, rgb_to_lab, srgb_to_linear
 from losses.direction import ColorDirectionLoss
@@ -135,6 +135,38 @@ def test_bright_losses_only_see_bright_regions():
     assert BrightChromaLoss()(grey_sky, target, inp).item() == pytest.approx(sky_chroma, rel=1e-2)
     assert BrightRGBLoss()(target + 0.1, target, inp).item() == pytest.approx(0.1, rel=1e-2)
     assert BrightHistogramLoss(bins=16)(grey_sky, target, inp).item() > 0.1
+
+
+BRIGHT_LOSSES = (BrightHueLoss, BrightChromaLoss, BrightRGBLoss, BrightHistogramLoss)
+
+
+@pytest.mark.parametrize("loss_class", BRIGHT_LOSSES, ids=lambda cls: cls.__name__)
+def test_bright_region_uses_its_threshold_and_softness(loss_class):
+    inp = torch.full((1, 3, 2, 2), 0.75)
+    mask = loss_class(threshold=0.6, softness=0.2).bright_mask(inp)
+    assert mask.flatten().tolist() == pytest.approx([torch.sigmoid(torch.tensor(0.75)).item()] * 4, rel=1e-5)
+    with pytest.raises(ValueError, match=f"^{loss_class.__name__} softness must be > 0, got 0$"):
+        loss_class(softness=0)
+
+
+def test_bright_losses_divide_by_at_least_one_pixel_of_bright_region():
+    # one bright pixel (b = 0.9975): the region mean divides by max(sum of b, 1) = 1
+    inp = torch.full((1, 3, 4, 4), 0.2)
+    inp[..., 0, 0] = 1.0
+    region = BrightRGBLoss().bright_mask(inp).sum().item()
+    assert region == pytest.approx(0.998, abs=1e-3)
+    target = torch.tensor([0.9, 0.5, 0.5]).view(1, 3, 1, 1).expand(1, 3, 4, 4)  # chroma length 0.4
+    assert BrightRGBLoss()(target + 0.1, target, inp).item() == pytest.approx(0.1 * region, rel=1e-4)
+    grey = torch.full((1, 3, 4, 4), 0.5)
+    chroma_lost = (0.4 ** 2 + CHROMA_EPS ** 2) ** 0.5 - CHROMA_EPS
+    assert BrightChromaLoss()(grey, target, inp).item() == pytest.approx(chroma_lost * region, rel=1e-4)
+
+
+def test_bright_colour_of_a_grey_target_costs_nothing():
+    inp, grey = torch.ones(1, 3, 2, 2), torch.full((1, 3, 2, 2), 0.5)
+    # a grey target has no hue to miss, and a grey prediction of it has the right chroma, 0
+    assert BrightHueLoss()(constant([1.0, 0.0, 0.0], 2), grey, inp).item() == 0.0
+    assert BrightChromaLoss()(torch.full_like(grey, 0.3), grey, inp).item() == pytest.approx(0.0, abs=1e-7)
 
 
 # --------------------------------------------------------------------------- colour direction

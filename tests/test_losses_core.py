@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from losses import CharbonnierLoss, CombinedLoss, HSVLoss, L1Loss, SaturationLoss, WindowAwareLoss, overexposure_mask
-from losses.color import SATURATION_FORMS
+from losses.color import SATURATION_FORMS, chroma_length
 from losses.colorspace import chroma_plane, luminance, rgb_to_hsv
 from losses.depth_maps import normalize_depth
 from losses.side_output import SideOutputLoss
@@ -75,6 +75,39 @@ def test_saturation_loss_known_values_of_every_form():
         assert SaturationLoss(form)(red, red).item() == pytest.approx(0.0)
     # a black prediction shows no colour: the weighted form does not ask it for any
     assert SaturationLoss("weighted")(torch.zeros(1, 3, 4, 4), red).item() == 0.0
+
+
+def test_chroma_length_is_zero_at_grey():
+    grey = torch.full((1, 3, 2, 2), 0.4)
+    assert chroma_length(grey).abs().max().item() < 1e-7
+    red = torch.tensor([1.0, 0.0, 0.0]).view(1, 3, 1, 1)
+    assert chroma_length(red).item() == pytest.approx(1.0, abs=1e-3)
+
+
+def test_weighted_saturation_weighs_each_pixel_by_its_value_clamped_to_the_unit_range():
+    target = torch.full((1, 3, 1, 1), 0.5)  # grey: S = 0
+    too_bright = torch.tensor([1.3, 0.65, 0.65]).view(1, 3, 1, 1)  # S = 0.5, V = 1.3 counts as 1
+    assert SaturationLoss("weighted")(too_bright, target).item() == pytest.approx(0.5, rel=1e-6)
+    below_black = torch.tensor([-0.1, -0.2, -0.2]).view(1, 3, 1, 1)  # S = 0.1 / 1e-3, V < 0 counts as 0
+    assert SaturationLoss("weighted")(below_black, target).item() == 0.0
+
+
+def test_hsv_loss_is_the_weighted_sum_of_its_hue_saturation_and_value_terms():
+    red = torch.tensor([1.0, 0.0, 0.0]).view(1, 3, 1, 1)
+    green = torch.tensor([0.0, 1.0, 0.0]).view(1, 3, 1, 1)
+    # same saturation and value: only the hue term, the mean |chroma-plane difference| (1.5, -sqrt(3)/2)
+    assert HSVLoss(1.0, 0.0, 0.0)(red, green).item() == pytest.approx((1.5 + 3 ** 0.5 / 2) / 2, rel=1e-6)
+    assert HSVLoss(1.0, 1.0, 1.0)(red, green).item() == pytest.approx((1.5 + 3 ** 0.5 / 2) / 2, rel=1e-6)
+    # two greys: only the value term
+    assert HSVLoss(0.0, 0.0, 1.0)(torch.full((1, 3, 1, 1), 0.6), torch.full((1, 3, 1, 1), 0.2)).item() == \
+        pytest.approx(0.4, rel=1e-6)
+    generator = torch.Generator().manual_seed(0)
+    pred, target = torch.rand(1, 3, 4, 4, generator=generator), torch.rand(1, 3, 4, 4, generator=generator)
+    hue, saturation, value = (HSVLoss(*weights)(pred, target).item()
+                              for weights in ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)))
+    assert HSVLoss()(pred, target).item() == pytest.approx(hue + saturation + value, rel=1e-6)
+    assert HSVLoss(0.5, 2.0, 3.0)(pred, target).item() == pytest.approx(0.5 * hue + 2 * saturation + 3 * value,
+                                                                       rel=1e-6)
 
 
 def test_default_saturation_form_is_chroma_everywhere():

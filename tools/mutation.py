@@ -57,6 +57,21 @@ EQUIVALENT = {
         "autocast on around fft2 of an fp32 difference: no autocast op list (CPU, CUDA) casts fft, it stays fp32",
     "losses.frequency.xǁFocalFrequencyLossǁforward__mutmut_27": "amax over dims (+2, -1) of a 4-D spectrum is (-2, -1)",
     "losses.lab.xǁMultiScaleColorLossǁforward__mutmut_8": "scale >= 1 also pools at scale 1: a 1 x 1 average pool is the identity",
+    "losses.luminance_attention.x_luminance_attention_maps__mutmut_8":
+        "centres viewed (K, 1, 1) broadcast against the (N, 1, H, W) luma exactly as (1, K, 1, 1)",
+    "losses.luminance_attention.xǁLuminanceAttentionLossǁ__init____mutmut_7":
+        "persistent=None is falsy: the centres stay out of the state dict",
+    "losses.luminance_attention.xǁLuminanceAttentionLossǁ__init____mutmut_17":
+        "persistent=None is falsy: the zone weights stay out of the state dict",
+    # saturation_difference takes the HSV of the same images (its contract; HSVLoss passes them) to
+    # save recomputing it: dropping them recomputes the same values
+    **{name: "recomputes rgb_to_hsv of the same images instead of reusing it: the same values" for name in (
+        "losses.color.x_saturation_difference__mutmut_10", "losses.color.x_saturation_difference__mutmut_15",
+        "losses.color.xǁHSVLossǁforward__mutmut_12", "losses.color.xǁHSVLossǁforward__mutmut_13",
+        "losses.color.xǁHSVLossǁforward__mutmut_18")},
+    "losses.zone_aware.xǁZoneAwareLossǁ__init____mutmut_18": "persistent=None is falsy: the zone weights stay out of the state dict",
+    "losses.bright_color.xǁBrightHistogramLossǁforward__mutmut_9":
+        "weights (N, H, 1, W) instead of (N, 1, H, W): soft_histogram flattens them per image in the same order",
 }
 # Survivors that change only what `--help` prints (a flag's help= or metavar= text, reviewed with
 # `mutmut show`): no behaviour to test. Counted in their own column and, like EQUIVALENT, left out of
