@@ -7,7 +7,7 @@ from skimage.color import rgb2lab
 
 from losses.bright_color import CHROMA_EPS, BrightChromaLoss, BrightHistogramLoss, BrightHueLoss, BrightRGBLoss
 from losses.color_angle import ANGLE_EPS, ColorConsistencyLoss
-from losses.colorspace import delta_e76, rgb_to_lab, srgb_to_linear
+from losses.colorspace import delta_e76, rgb_to_hsv, rgb_to_lab, srgb_to_linear
 from losses.direction import ColorDirectionLoss
 from losses.histogram import HistogramLoss, soft_histogram
 from losses.lab import DeltaELoss, MultiScaleColorLoss
@@ -49,6 +49,19 @@ def test_lab_gradients_finite_outside_the_unit_range():
     assert srgb_to_linear(torch.tensor([0.04045])).item() == pytest.approx(0.04045 / 12.92)
 
 
+def test_hue_is_zero_where_the_chroma_is_at_most_eps():
+    # hue is undefined for near-grey pixels: 0 up to chroma eps = 1e-3, a real hue just above it
+    at_eps = rgb_to_hsv(torch.tensor([0.0, 1e-3, 0.0]).view(1, 3, 1, 1)).flatten()
+    above = rgb_to_hsv(torch.tensor([0.0, 1.1e-3, 0.0]).view(1, 3, 1, 1)).flatten()
+    assert at_eps[0].item() == 0.0 and above[0].item() == pytest.approx(1 / 3)
+
+
+def test_delta_e76_of_equal_colours_is_its_eps():
+    lab = rgb_to_lab(torch.rand(1, 3, 2, 2, generator=torch.Generator().manual_seed(0)))
+    assert delta_e76(lab, lab).flatten().tolist() == pytest.approx([1e-6] * 4, rel=1e-3)
+    assert delta_e76(lab, lab, eps=0.5).flatten().tolist() == pytest.approx([0.5] * 4, rel=1e-6)
+
+
 # --------------------------------------------------------------------------- histogram
 
 def test_soft_histogram_interpolates_between_bin_centres():
@@ -61,6 +74,38 @@ def test_soft_histogram_interpolates_between_bin_centres():
     assert soft_histogram(values, bins=4, weights=weights).flatten().tolist() == pytest.approx([0, 0.5, 0.5, 0])
     with pytest.raises(ValueError, match="sigma"):
         soft_histogram(values, bins=4, sigma=0.0)
+
+
+def test_soft_histogram_clamps_values_into_the_edge_bins():
+    # out-of-range values count in the first and last bins; a value at an edge keeps its full weight
+    outside = soft_histogram(torch.tensor([-0.5, 1.5]).view(1, 1, 2), bins=4)
+    assert outside.flatten().tolist() == pytest.approx([0.5, 0.0, 0.0, 0.5])
+    edge_and_centre = soft_histogram(torch.tensor([0.0, 0.625]).view(1, 1, 2), bins=4)
+    assert edge_and_centre.flatten().tolist() == pytest.approx([0.5, 0.0, 0.5, 0.0])
+
+
+def test_soft_histogram_wide_kernel_is_triangular_and_renormalised_at_the_edges():
+    # sigma = 2 bin widths: a value at a centre gives 1/2 to each neighbour before normalising
+    centre = soft_histogram(torch.tensor([0.375]).view(1, 1, 1), bins=4, sigma=0.5)
+    assert centre.flatten().tolist() == pytest.approx([0.25, 0.5, 0.25, 0.0])
+    # 0.1 and 0.9: the kernel parts beyond the first and last centres are dropped, the rest renormalised
+    edges = soft_histogram(torch.tensor([0.1, 0.9]).view(1, 1, 2), bins=4, sigma=0.5)
+    near, far = 0.95 / 1.4, 0.45 / 1.4
+    assert edges.flatten().tolist() == pytest.approx([near / 2, far / 2, far / 2, near / 2], rel=1e-5)
+
+
+def test_soft_histogram_is_normalised_when_the_weights_add_up_to_less_than_one():
+    values, weights = torch.tensor([0.125, 0.5]).view(1, 1, 2), torch.tensor([0.0, 0.5]).view(1, 1, 2)
+    assert soft_histogram(values, bins=4, weights=weights).flatten().tolist() == pytest.approx([0, 0.5, 0.5, 0])
+
+
+def test_histogram_loss_uses_its_sigma():
+    generator = torch.Generator().manual_seed(0)
+    pred, target = torch.rand(1, 3, 4, 4, generator=generator), torch.rand(1, 3, 4, 4, generator=generator)
+    cdfs = [soft_histogram(x, bins=4, sigma=0.5).cumsum(dim=2) for x in (pred, target)]
+    expected = (cdfs[0] - cdfs[1]).abs().sum(dim=2).mean().item() / 4
+    assert HistogramLoss(bins=4, sigma=0.5)(pred, target).item() == pytest.approx(expected, rel=1e-6)
+    assert HistogramLoss(bins=4)(pred, target).item() != pytest.approx(expected, rel=1e-3)
 
 
 def test_histogram_loss_is_earth_movers_distance():

@@ -71,6 +71,36 @@ def test_ssim_loss_is_one_minus_ssim():
     assert SSIMLoss()(target, target).item() == pytest.approx(0.0, abs=1e-6)
 
 
+@pytest.mark.parametrize("height, width", [(10, 11), (11, 10)])
+def test_ssim_rejects_an_image_smaller_than_its_window_naming_its_size(height, width):
+    with pytest.raises(ValueError, match=rf"^ssim needs images of at least 11x11, got \({height}, {width}\)$"):
+        ssim(torch.rand(1, 3, height, width), torch.rand(1, 3, height, width))
+
+
+def test_ssim_of_an_image_the_size_of_its_window_is_one_value_per_image():
+    generator = torch.Generator().manual_seed(0)
+    pred, target = torch.rand(2, 3, 11, 11, generator=generator), torch.rand(2, 3, 11, 11, generator=generator)
+    per_image = ssim(pred, target, reduction="none")
+    assert per_image.shape == (2,) and torch.isfinite(per_image).all()
+    assert ssim(target, target).item() == pytest.approx(1.0, abs=1e-5)
+    with pytest.raises(ValueError, match="^reduction must be 'mean' or 'none', got 'sum'$"):
+        ssim(pred, target, reduction="sum")
+
+
+def test_ssim_of_six_channels_is_the_mean_of_its_two_halves():
+    # any channel count: per-channel SSIM averaged over the channels
+    generator = torch.Generator().manual_seed(0)
+    pred, target = torch.rand(1, 6, 12, 12, generator=generator), torch.rand(1, 6, 12, 12, generator=generator)
+    halves = (ssim(pred[:, :3], target[:, :3]) + ssim(pred[:, 3:], target[:, 3:])) / 2
+    assert ssim(pred, target).item() == pytest.approx(halves.item(), abs=1e-6)
+
+
+def test_ssim_runs_on_the_inputs_device():
+    # the meta device stands in for CUDA: the Gaussian window is built where the images are
+    images = torch.zeros(1, 3, 11, 11, device="meta")
+    assert ssim(images, images).device.type == "meta"
+
+
 def test_edge_loss_saves_no_state():
     # its Sobel kernels are constants: a checkpoint carries none of them
     assert EdgeLoss().state_dict() == {}

@@ -69,6 +69,14 @@ EQUIVALENT = {
         "losses.color.x_saturation_difference__mutmut_10", "losses.color.x_saturation_difference__mutmut_15",
         "losses.color.xǁHSVLossǁforward__mutmut_12", "losses.color.xǁHSVLossǁforward__mutmut_13",
         "losses.color.xǁHSVLossǁforward__mutmut_18")},
+    "losses.histogram.x_soft_histogram__mutmut_60":
+        "one more kernel offset, reach + 1 bins away: beyond sigma, where the triangular kernel is 0",
+    "losses.ssim.x_ssim__mutmut_8": "pred.shape[+2] of a 4-D (N, C, H, W) image is shape[-2]",
+    "losses.ssim.x_ssim__mutmut_13": "pred.shape[+2:] of a 4-D image is shape[-2:] (in the error message)",
+    "losses.colorspace.x_srgb_to_linear__mutmut_17":
+        ">= at the threshold 0.04045: both branches of the sRGB curve give 0.0031308 there (2e-9 apart)",
+    "losses.colorspace.x__lab_companding__mutmut_16":
+        ">= at the threshold (6/29)^3: the cube root and the linear part are both 6/29 there",
     "losses.zone_aware.xǁZoneAwareLossǁ__init____mutmut_18": "persistent=None is falsy: the zone weights stay out of the state dict",
     "losses.bright_color.xǁBrightHistogramLossǁforward__mutmut_9":
         "weights (N, H, 1, W) instead of (N, 1, H, W): soft_histogram flattens them per image in the same order",
