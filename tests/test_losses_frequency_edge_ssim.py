@@ -95,12 +95,6 @@ def test_ssim_of_six_channels_is_the_mean_of_its_two_halves():
     assert ssim(pred, target).item() == pytest.approx(halves.item(), abs=1e-6)
 
 
-def test_ssim_runs_on_the_inputs_device():
-    # the meta device stands in for CUDA: the Gaussian window is built where the images are
-    images = torch.zeros(1, 3, 11, 11, device="meta")
-    assert ssim(images, images).device.type == "meta"
-
-
 def test_edge_loss_saves_no_state():
     # its Sobel kernels are constants: a checkpoint carries none of them
     assert EdgeLoss().state_dict() == {}

@@ -158,6 +158,20 @@ def test_percentile_thresholds_of_a_large_image_use_a_close_subsample():
     assert thresholds[0].tolist() == pytest.approx([0.25, 0.9], abs=0.01)
 
 
+def test_percentile_thresholds_of_a_large_image_sample_every_sth_row_and_column():
+    # 600 x 600 pixels: s = ceil(sqrt(360000 / 65536)) = 3, so only rows and columns 0, 3, 6, ... count
+    luma = torch.zeros(1, 1, 600, 600)
+    luma[:, :, ::3, ::3] = 1.0
+    assert percentile_thresholds(luma, torch.tensor([0.25, 0.9]))[0].tolist() == [1.0, 1.0]
+
+
+def test_percentile_thresholds_take_quantiles_of_any_float_dtype():
+    luma = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    single = percentile_thresholds(luma, torch.tensor([0.25, 0.9]))
+    double = percentile_thresholds(luma, torch.tensor([0.25, 0.9], dtype=torch.float64))
+    assert double.dtype == torch.float32 and torch.equal(single, double)
+
+
 def test_zone_thresholds_adapt_to_exposure():
     # A luma ramp shot dark and bright: fixed thresholds would call the dark shot all shadow; the
     # percentile zones cover the same share of each.

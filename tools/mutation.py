@@ -69,6 +69,17 @@ EQUIVALENT = {
         "losses.color.x_saturation_difference__mutmut_10", "losses.color.x_saturation_difference__mutmut_15",
         "losses.color.xǁHSVLossǁforward__mutmut_12", "losses.color.xǁHSVLossǁforward__mutmut_13",
         "losses.color.xǁHSVLossǁforward__mutmut_18")},
+    **{f"losses.zones.xǁAdaptiveZoneLossǁ__init____mutmut_{n}": "persistent=None is falsy: the buffer stays out of "
+       "the state dict" for n in (17, 31)},
+    "losses.lpips.xǁLPIPSLossǁtrain__mutmut_1": "train() ignores its mode (always eval): its default does not matter",
+    "losses.lpips.xǁLPIPSLossǁ__init____mutmut_8": "no stdout redirect: lpips.LPIPS(verbose=False) prints nothing anyway",
+    "losses.lpips.xǁLPIPSLossǁ__init____mutmut_19": "verbose=None: what lpips prints goes to the redirected stdout",
+    "losses.lpips.xǁLPIPSLossǁ__init____mutmut_23": "verbose left at True: what lpips prints goes to the redirected stdout",
+    "losses.lpips.xǁLPIPSLossǁ__init____mutmut_12":
+        "ignoring every warning category: building lpips.LPIPS warns only with UserWarning (torchvision's)",
+    "losses.lpips.xǁLPIPSLossǁ__init____mutmut_20": "pretrained=True is lpips.LPIPS's default",
+    "losses.lpips.xǁLPIPSLossǁ_load_backbone__mutmut_9": "weights_only=None: torch >= 2.6 loads with weights_only=True",
+    "losses.lpips.xǁLPIPSLossǁ_load_backbone__mutmut_12": "no weights_only: torch >= 2.6 loads with weights_only=True",
     "losses.histogram.x_soft_histogram__mutmut_60":
         "one more kernel offset, reach + 1 bins away: beyond sigma, where the triangular kernel is 0",
     "losses.ssim.x_ssim__mutmut_8": "pred.shape[+2] of a 4-D (N, C, H, W) image is shape[-2]",
