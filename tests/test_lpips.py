@@ -86,6 +86,21 @@ def test_lpips_takes_images_in_the_unit_range():
     assert loss(pred, target).item() == pytest.approx(expected.item(), rel=1e-6)
 
 
+def test_random_backbone_warns_that_the_loss_is_meaningless():
+    with pytest.warns(UserWarning) as record:
+        LPIPSLoss(weights="random")
+    assert str(record[0].message) == ("--lpips-weights random: LPIPS's backbone is randomly initialised, so the loss "
+                                      "only exercises the code (smoke tests); pass real ImageNet weights to train")
+
+
+@pytest.mark.parametrize("net, file_name", [("alex", "alexnet-owt-7be5be79.pth"),
+                                            ("squeeze", "squeezenet1_1-b8a52dc0.pth")])
+def test_default_weights_are_read_from_torch_hubs_cache_of_the_backbone(tmp_path, monkeypatch, net, file_name):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path / "checkpoints" / file_name))):
+        LPIPSLoss(net=net)
+
+
 def test_missing_weights_name_the_file_and_the_flag(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"alexnet.pth.*--lpips-weights"):
         LPIPSLoss(weights=tmp_path / "alexnet.pth")
