@@ -315,9 +315,6 @@ def test_combined_loss_refuses_having_no_term_with_a_non_zero_weight():
 
 
 def test_weightings_refuse_having_no_term_and_drop_zero_weights():
-    with pytest.raises(ValueError, match="^CombinedLoss needs at least one term with a non-zero weight$"):
-        CombinedLoss({"l1": (0.0, L1Loss())})
-def test_weightings_refuse_having_no_term_and_drop_zero_weights():
     with pytest.raises(ValueError, match="^UncertaintyWeightedLoss needs at least one term$"):
         UncertaintyWeightedLoss({})
     with pytest.raises(ValueError, match="^NormalizedLoss needs at least one term with a non-zero weight$"):
