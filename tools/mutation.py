@@ -91,6 +91,13 @@ EQUIVALENT = {
     "losses.perceptual.xǁVGG19Featuresǁ__init____mutmut_33": "a (3, 1, 1) mean broadcasts against (N, 3, H, W) as (1, 3, 1, 1)",
     "losses.perceptual.xǁVGG19Featuresǁ__init____mutmut_55": "a (3, 1, 1) std broadcasts against (N, 3, H, W) as (1, 3, 1, 1)",
     "losses.perceptual.xǁVGG19Featuresǁtrain__mutmut_1": "train() ignores its mode (always eval): its default does not matter",
+    "models.padding.x_pad_to_multiple__mutmut_4": "image.shape[+2:] of a 4-D (N, C, H, W) image is shape[-2:]",
+    "utils.tiling.x__tile_starts__mutmut_1": "length == tile: range(0, 0, stride) is empty, so the starts are [0] too",
+    "utils.tiling.x__blend_ramp__mutmut_11": "overlap 0 (the only case with rise 0): the ramps write empty slices",
+    "utils.tiling.x__blend_ramp__mutmut_12": "overlap >= 0: at overlap 0 the rise is 0, so the ramp is skipped as before",
+    "utils.tiling.x__blend_ramp__mutmut_14": "rise >= 0: with overlap > 0 the rise, overlap - overlap // 4, is at least 1",
+    "utils.tiling.x__blend_ramp__mutmut_21": "an int64 arange + 0.5 is float32 (the default dtype), as asked",
+    "utils.tiling.x__blend_ramp__mutmut_24": "an int64 arange + 0.5 is float32 (the default dtype), as asked",
     "losses.histogram.x_soft_histogram__mutmut_60":
         "one more kernel offset, reach + 1 bins away: beyond sigma, where the triangular kernel is 0",
     "losses.ssim.x_ssim__mutmut_8": "pred.shape[+2] of a 4-D (N, C, H, W) image is shape[-2]",
