@@ -100,8 +100,9 @@ def test_vgg19_layer_name_builder_follows_the_paper_numbering():
 def test_random_vgg_warns_that_its_losses_are_meaningless():
     with pytest.warns(UserWarning) as record:
         build_vgg19_features("random")
-    assert str(record[0].message) == ("--vgg-weights random: VGG19 is randomly initialised, so its perceptual/style "
-                                      "losses only exercise the code (smoke tests); pass real ImageNet weights to train")
+    assert str(record[0].message) == (
+        "--vgg-weights random: VGG19 is randomly initialised, so its perceptual/style losses only exercise the "
+        "code (smoke tests); pass real ImageNet weights to train")
 
 
 def test_vgg_missing_weights_error_says_how_to_pass_them(tmp_path):

@@ -131,7 +131,8 @@ def test_zone_aware_loss_follows_its_formula_on_a_batch_with_zones_under_a_pixel
     loss = ZoneAwareLoss(*weights, brightness_weight=beta, **thresholds)
     masks = hdr_zone_masks(inp, **thresholds)
     error = (pred - target).abs().mean(dim=1)
-    luma = {name: 0.2126 * x[:, 0] + 0.7152 * x[:, 1] + 0.0722 * x[:, 2] for name, x in (("pred", pred), ("target", target))}
+    luma = {name: 0.2126 * x[:, 0] + 0.7152 * x[:, 1] + 0.0722 * x[:, 2]
+            for name, x in (("pred", pred), ("target", target))}
     expected = 0.0
     for zone, weight in enumerate(weights):
         mask = masks[:, zone]

@@ -13,9 +13,9 @@ mutmut runs each mutant's tests in a child forked from a process that has run to
 OpenMP thread such a child hangs in the thread pool it inherited (libgomp is not fork-safe), so mutmut
 runs here with one thread (OMP_NUM_THREADS=1), else most mutants of torch code end as timeouts. A module
 tested before gets only its mutants that were not killed (survivors and timeouts) retried, unless
---fresh; mutmut itself re-tests the functions whose code changed. Print the survivors with --survivors, and inspect one with `mutmut show NAME`. The kill
-rate leaves out the reviewed survivors listed in EQUIVALENT (no observable difference) and HELP_TEXT
-(only a flag's --help text changes).
+--fresh; mutmut itself re-tests the functions whose code changed. Print the survivors with --survivors,
+and inspect one with `mutmut show NAME`. The kill rate leaves out the reviewed survivors listed in
+EQUIVALENT (no observable difference) and HELP_TEXT (only a flag's --help text changes).
 """
 import argparse
 import configparser
@@ -56,7 +56,8 @@ EQUIVALENT = {
     "losses.frequency.xǁFocalFrequencyLossǁforward__mutmut_5":
         "autocast on around fft2 of an fp32 difference: no autocast op list (CPU, CUDA) casts fft, it stays fp32",
     "losses.frequency.xǁFocalFrequencyLossǁforward__mutmut_27": "amax over dims (+2, -1) of a 4-D spectrum is (-2, -1)",
-    "losses.lab.xǁMultiScaleColorLossǁforward__mutmut_8": "scale >= 1 also pools at scale 1: a 1 x 1 average pool is the identity",
+    "losses.lab.xǁMultiScaleColorLossǁforward__mutmut_8":
+        "scale >= 1 also pools at scale 1: a 1 x 1 average pool is the identity",
     "losses.luminance_attention.x_luminance_attention_maps__mutmut_8":
         "centres viewed (K, 1, 1) broadcast against the (N, 1, H, W) luma exactly as (1, K, 1, 1)",
     "losses.luminance_attention.xǁLuminanceAttentionLossǁ__init____mutmut_7":
@@ -72,9 +73,11 @@ EQUIVALENT = {
     **{f"losses.zones.xǁAdaptiveZoneLossǁ__init____mutmut_{n}": "persistent=None is falsy: the buffer stays out of "
        "the state dict" for n in (17, 31)},
     "losses.lpips.xǁLPIPSLossǁtrain__mutmut_1": "train() ignores its mode (always eval): its default does not matter",
-    "losses.lpips.xǁLPIPSLossǁ__init____mutmut_8": "no stdout redirect: lpips.LPIPS(verbose=False) prints nothing anyway",
+    "losses.lpips.xǁLPIPSLossǁ__init____mutmut_8":
+        "no stdout redirect: lpips.LPIPS(verbose=False) prints nothing anyway",
     "losses.lpips.xǁLPIPSLossǁ__init____mutmut_19": "verbose=None: what lpips prints goes to the redirected stdout",
-    "losses.lpips.xǁLPIPSLossǁ__init____mutmut_23": "verbose left at True: what lpips prints goes to the redirected stdout",
+    "losses.lpips.xǁLPIPSLossǁ__init____mutmut_23":
+        "verbose left at True: what lpips prints goes to the redirected stdout",
     "losses.lpips.xǁLPIPSLossǁ__init____mutmut_26": "verbose=True: what lpips prints goes to the redirected stdout",
     "losses.lpips.xǁLPIPSLossǁ__init____mutmut_12":
         "ignoring every warning category: building lpips.LPIPS warns only with UserWarning (torchvision's)",
@@ -83,19 +86,27 @@ EQUIVALENT = {
     "losses.lpips.xǁLPIPSLossǁ_load_backbone__mutmut_12": "no weights_only: torch >= 2.6 loads with weights_only=True",
     "losses.perceptual.x_build_vgg19_features__mutmut_3": "batch_norm=None is falsy: no batch norm, as False",
     "losses.perceptual.x_build_vgg19_features__mutmut_5": "batch_norm=False is make_layers' default",
-    "losses.perceptual.x_build_vgg19_features__mutmut_34": "weights_only=None: torch >= 2.6 loads with weights_only=True",
+    "losses.perceptual.x_build_vgg19_features__mutmut_34":
+        "weights_only=None: torch >= 2.6 loads with weights_only=True",
     "losses.perceptual.x_build_vgg19_features__mutmut_37": "no weights_only: torch >= 2.6 loads with weights_only=True",
     "losses.perceptual.xǁVGG19Featuresǁ__init____mutmut_18": "ReLU inplace=None is falsy: not in place, as False",
-    "losses.perceptual.xǁVGG19Featuresǁ__init____mutmut_23": "persistent=None is falsy: the mean stays out of the state dict",
-    "losses.perceptual.xǁVGG19Featuresǁ__init____mutmut_45": "persistent=None is falsy: the std stays out of the state dict",
-    "losses.perceptual.xǁVGG19Featuresǁ__init____mutmut_33": "a (3, 1, 1) mean broadcasts against (N, 3, H, W) as (1, 3, 1, 1)",
-    "losses.perceptual.xǁVGG19Featuresǁ__init____mutmut_55": "a (3, 1, 1) std broadcasts against (N, 3, H, W) as (1, 3, 1, 1)",
-    "losses.perceptual.xǁVGG19Featuresǁtrain__mutmut_1": "train() ignores its mode (always eval): its default does not matter",
+    "losses.perceptual.xǁVGG19Featuresǁ__init____mutmut_23":
+        "persistent=None is falsy: the mean stays out of the state dict",
+    "losses.perceptual.xǁVGG19Featuresǁ__init____mutmut_45":
+        "persistent=None is falsy: the std stays out of the state dict",
+    "losses.perceptual.xǁVGG19Featuresǁ__init____mutmut_33":
+        "a (3, 1, 1) mean broadcasts against (N, 3, H, W) as (1, 3, 1, 1)",
+    "losses.perceptual.xǁVGG19Featuresǁ__init____mutmut_55":
+        "a (3, 1, 1) std broadcasts against (N, 3, H, W) as (1, 3, 1, 1)",
+    "losses.perceptual.xǁVGG19Featuresǁtrain__mutmut_1":
+        "train() ignores its mode (always eval): its default does not matter",
     "models.padding.x_pad_to_multiple__mutmut_4": "image.shape[+2:] of a 4-D (N, C, H, W) image is shape[-2:]",
     "utils.tiling.x__tile_starts__mutmut_1": "length == tile: range(0, 0, stride) is empty, so the starts are [0] too",
     "utils.tiling.x__blend_ramp__mutmut_11": "overlap 0 (the only case with rise 0): the ramps write empty slices",
-    "utils.tiling.x__blend_ramp__mutmut_12": "overlap >= 0: at overlap 0 the rise is 0, so the ramp is skipped as before",
-    "utils.tiling.x__blend_ramp__mutmut_14": "rise >= 0: with overlap > 0 the rise, overlap - overlap // 4, is at least 1",
+    "utils.tiling.x__blend_ramp__mutmut_12":
+        "overlap >= 0: at overlap 0 the rise is 0, so the ramp is skipped as before",
+    "utils.tiling.x__blend_ramp__mutmut_14":
+        "rise >= 0: with overlap > 0 the rise, overlap - overlap // 4, is at least 1",
     "utils.tiling.x__blend_ramp__mutmut_21": "an int64 arange + 0.5 is float32 (the default dtype), as asked",
     "utils.tiling.x__blend_ramp__mutmut_24": "an int64 arange + 0.5 is float32 (the default dtype), as asked",
     "losses.histogram.x_soft_histogram__mutmut_60":
@@ -106,7 +117,8 @@ EQUIVALENT = {
         ">= at the threshold 0.04045: both branches of the sRGB curve give 0.0031308 there (2e-9 apart)",
     "losses.colorspace.x__lab_companding__mutmut_16":
         ">= at the threshold (6/29)^3: the cube root and the linear part are both 6/29 there",
-    "losses.zone_aware.xǁZoneAwareLossǁ__init____mutmut_18": "persistent=None is falsy: the zone weights stay out of the state dict",
+    "losses.zone_aware.xǁZoneAwareLossǁ__init____mutmut_18":
+        "persistent=None is falsy: the zone weights stay out of the state dict",
     "losses.bright_color.xǁBrightHistogramLossǁforward__mutmut_9":
         "weights (N, H, 1, W) instead of (N, 1, H, W): soft_histogram flattens them per image in the same order",
 }
