@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# At most 2 threads, or OMP_NUM_THREADS when set: tools/mutation.py sets 1, since a test process forked
+# from one with a multi-threaded OpenMP pool (as mutmut forks its workers) hangs in that pool.
+torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS") or min(2, os.cpu_count() or 1))))
 
 
 def make_pair_images(rng: np.random.Generator, height: int, width: int):

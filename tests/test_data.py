@@ -585,3 +585,30 @@ def test_val_loader_in_order_one_by_one(tmp_path):
     batches = list(val_loader(PairedDataset(pairs), workers=0))
     assert [batch["name"] for batch in batches] == [["v0"], ["v1"], ["v2"]]
     assert [tuple(batch["input"].shape) for batch in batches] == [(1, 3, 6, 7), (1, 3, 6, 8), (1, 3, 6, 9)]
+
+
+def test_center_crop_takes_the_middle_rows_and_columns(tmp_path):
+    rgb8 = random_rgb8(20, 31)
+    crop = PairedDataset([pair_on_disk(tmp_path, rgb8, rgb8)], center_crop=(8, 11))[0]["input"]
+    np.testing.assert_allclose(crop.permute(1, 2, 0).numpy(), rgb8[6:14, 10:21] / 255.0, atol=1e-6)
+
+
+def test_aligned_images_need_one_path_per_pair(tmp_path):
+    pair = pair_on_disk(tmp_path, random_rgb8(8, 8), random_rgb8(8, 8))
+    with pytest.raises(ValueError, match="^aligned images 'depth': 0 paths for 1 pairs$"):
+        PairedDataset([pair], aligned={"depth": []})
+    assert PairedDataset([pair], aligned={"depth": [pair.input]}).aligned == {"depth": [pair.input]}
+
+
+@pytest.mark.parametrize("height, width", [(6, 10), (10, 6)])
+def test_a_crop_larger_than_one_side_reflect_pads_only_that_side(tmp_path, height, width):
+    rgb8 = random_rgb8(height, width)
+    dataset = PairedDataset([pair_on_disk(tmp_path, rgb8, rgb8)], crop=8)
+    pad_height, pad_width = max(8 - height, 0), max(8 - width, 0)
+    padded = np.pad(rgb8, ((pad_height // 2, pad_height - pad_height // 2),
+                           (pad_width // 2, pad_width - pad_width // 2), (0, 0)), mode="reflect")
+    windows = [padded[top:top + 8, left:left + 8] for top in range(padded.shape[0] - 7)
+               for left in range(padded.shape[1] - 7)]
+    for seed in range(8):
+        crop = (dataset[(0, seed)]["input"].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        assert any(np.array_equal(crop, window) for window in windows), seed

@@ -1,12 +1,14 @@
 import colorsys
+import re
 from functools import partial
 
 import pytest
 import torch
 
 from losses import CharbonnierLoss, CombinedLoss, HSVLoss, L1Loss, SaturationLoss, WindowAwareLoss, overexposure_mask
-from losses.color import SATURATION_FORMS
+from losses.color import SATURATION_FORMS, chroma_length
 from losses.colorspace import chroma_plane, luminance, rgb_to_hsv
+from losses.depth_maps import normalize_depth
 from losses.side_output import SideOutputLoss
 from losses.weighting import NormalizedLoss, UncertaintyWeightedLoss
 from losses.window import WINDOW_NORMALIZATIONS
@@ -73,6 +75,39 @@ def test_saturation_loss_known_values_of_every_form():
         assert SaturationLoss(form)(red, red).item() == pytest.approx(0.0)
     # a black prediction shows no colour: the weighted form does not ask it for any
     assert SaturationLoss("weighted")(torch.zeros(1, 3, 4, 4), red).item() == 0.0
+
+
+def test_chroma_length_is_zero_at_grey():
+    grey = torch.full((1, 3, 2, 2), 0.4)
+    assert chroma_length(grey).abs().max().item() < 1e-7
+    red = torch.tensor([1.0, 0.0, 0.0]).view(1, 3, 1, 1)
+    assert chroma_length(red).item() == pytest.approx(1.0, abs=1e-3)
+
+
+def test_weighted_saturation_weighs_each_pixel_by_its_value_clamped_to_the_unit_range():
+    target = torch.full((1, 3, 1, 1), 0.5)  # grey: S = 0
+    too_bright = torch.tensor([1.3, 0.65, 0.65]).view(1, 3, 1, 1)  # S = 0.5, V = 1.3 counts as 1
+    assert SaturationLoss("weighted")(too_bright, target).item() == pytest.approx(0.5, rel=1e-6)
+    below_black = torch.tensor([-0.1, -0.2, -0.2]).view(1, 3, 1, 1)  # S = 0.1 / 1e-3, V < 0 counts as 0
+    assert SaturationLoss("weighted")(below_black, target).item() == 0.0
+
+
+def test_hsv_loss_is_the_weighted_sum_of_its_hue_saturation_and_value_terms():
+    red = torch.tensor([1.0, 0.0, 0.0]).view(1, 3, 1, 1)
+    green = torch.tensor([0.0, 1.0, 0.0]).view(1, 3, 1, 1)
+    # same saturation and value: only the hue term, the mean |chroma-plane difference| (1.5, -sqrt(3)/2)
+    assert HSVLoss(1.0, 0.0, 0.0)(red, green).item() == pytest.approx((1.5 + 3 ** 0.5 / 2) / 2, rel=1e-6)
+    assert HSVLoss(1.0, 1.0, 1.0)(red, green).item() == pytest.approx((1.5 + 3 ** 0.5 / 2) / 2, rel=1e-6)
+    # two greys: only the value term
+    assert HSVLoss(0.0, 0.0, 1.0)(torch.full((1, 3, 1, 1), 0.6), torch.full((1, 3, 1, 1), 0.2)).item() == \
+        pytest.approx(0.4, rel=1e-6)
+    generator = torch.Generator().manual_seed(0)
+    pred, target = torch.rand(1, 3, 4, 4, generator=generator), torch.rand(1, 3, 4, 4, generator=generator)
+    hue, saturation, value = (HSVLoss(*weights)(pred, target).item()
+                              for weights in ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)))
+    assert HSVLoss()(pred, target).item() == pytest.approx(hue + saturation + value, rel=1e-6)
+    assert HSVLoss(0.5, 2.0, 3.0)(pred, target).item() == pytest.approx(0.5 * hue + 2 * saturation + 3 * value,
+                                                                       rel=1e-6)
 
 
 def test_default_saturation_form_is_chroma_everywhere():
@@ -178,6 +213,23 @@ def test_image_normalised_window_loss_known_values():
     assert expected == pytest.approx(0.2 * (1 + 2.0 * window_mask / 4), rel=1e-4)
 
 
+def test_region_window_loss_divides_by_at_least_one_pixel_of_window():
+    # one blown-out pixel (mask 0.977): the region mean divides by max(sum of the mask, 1) = 1
+    inp = torch.full((1, 3, 4, 4), 0.3)
+    inp[..., 0, 0] = 1.0
+    target = torch.full_like(inp, 0.5)
+    window_share = overexposure_mask(inp).sum().item()
+    assert window_share == pytest.approx(0.977, abs=1e-3)
+    assert WindowAwareLoss()(target + 0.2, target, inp).item() == pytest.approx(0.2 * window_share, rel=1e-4)
+
+
+def test_window_loss_uses_its_threshold_and_softness():
+    inp, target = torch.full((1, 3, 4, 4), 0.75), torch.full((1, 3, 4, 4), 0.5)
+    loss = WindowAwareLoss(threshold=0.7, softness=0.2, normalization="image")
+    expected = 0.2 * torch.sigmoid(torch.tensor((0.75 - 0.7) / 0.2)).item()
+    assert loss(target + 0.2, target, inp).item() == pytest.approx(expected, rel=1e-4)
+
+
 def test_unknown_window_normalization_is_rejected():
     with pytest.raises(ValueError, match="region, image"):
         WindowAwareLoss(normalization="mask")
@@ -257,6 +309,11 @@ def test_learned_and_normalised_weightings_pass_pred_target_and_input_to_every_t
     assert values["loss"].item() == pytest.approx(expected.item() if combination == "uncertainty" else 2.0)
 
 
+def test_combined_loss_refuses_having_no_term_with_a_non_zero_weight():
+    with pytest.raises(ValueError, match="^CombinedLoss needs at least one term with a non-zero weight$"):
+        CombinedLoss({"l1": (0.0, L1Loss())})
+
+
 def test_weightings_refuse_having_no_term_and_drop_zero_weights():
     with pytest.raises(ValueError, match="^UncertaintyWeightedLoss needs at least one term$"):
         UncertaintyWeightedLoss({})
@@ -269,3 +326,10 @@ def test_side_output_is_compared_with_the_block_means_of_a_textured_target_not_a
     y, x = torch.meshgrid(torch.arange(16), torch.arange(16), indexing="ij")
     checkerboard = ((x + y) % 2).float().expand(1, 3, 16, 16)  # every 8x8 block averages to 0.5
     assert SideOutputLoss()(torch.full((1, 3, 2, 2), 0.5), checkerboard).item() == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 4, 4), (1, 4, 4), (4, 4)])
+def test_normalize_depth_rejects_a_map_that_is_not_one_channel_4d_naming_its_shape(shape):
+    # a 3-channel 4-D map must fail too, not only a map of the wrong rank
+    with pytest.raises(ValueError, match=re.escape(f"got {shape}")):
+        normalize_depth(torch.rand(shape))

@@ -115,3 +115,9 @@ def test_delta_takes_either_weight_zero_but_not_a_negative_one_nor_a_zero_softne
             DeltaAwareLoss(fix_weight=fix_weight, preserve_weight=preserve_weight)
     with pytest.raises(ValueError, match="^DeltaAwareLoss softness must be > 0, got 0.0$"):
         DeltaAwareLoss(softness=0.0)
+
+
+@pytest.mark.parametrize("fix_weight, preserve_weight", [(-1.0, 2.0), (2.0, -1.0)])
+def test_delta_aware_loss_rejects_one_negative_weight(fix_weight, preserve_weight):
+    with pytest.raises(ValueError, match=f"got {fix_weight}, {preserve_weight}$"):
+        DeltaAwareLoss(fix_weight=fix_weight, preserve_weight=preserve_weight)

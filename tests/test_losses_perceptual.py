@@ -1,5 +1,8 @@
 """VGG19 perceptual and Gram style losses (weights from a file, a clear error without them, frozen in
 training) and the adversarial losses (known values, gradients into the right network)."""
+import argparse
+import pickle
+
 import pytest
 import torch
 from torch import nn
@@ -7,7 +10,7 @@ from torchvision.models.vgg import cfgs, make_layers
 
 from losses.adversarial import AdversarialLoss
 from losses.perceptual import (VGG19_LAYER_NAMES, GramStyleLoss, VGG19Features, VGGPerceptualLoss, add_vgg_args,
-                               build_vgg19_features, default_vgg_weights_path, gram_matrix)
+                               _vgg19_layer_names, build_vgg19_features, default_vgg_weights_path, gram_matrix)
 
 
 # --------------------------------------------------------------------------- VGG
@@ -82,6 +85,78 @@ class ConstantCritic(nn.Module):
 
     def forward(self, x):
         return self.k * x[:, 3:].mean(dim=1, keepdim=True)
+
+
+def test_vgg19_layer_name_builder_follows_the_paper_numbering():
+    # VGG19_LAYER_NAMES is built at import; the builder itself, called here, is what mutation testing sees
+    expected = []
+    for block, convolutions in enumerate((2, 2, 4, 4, 4), start=1):
+        for index in range(1, convolutions + 1):
+            expected += [f"conv{block}_{index}", f"relu{block}_{index}"]
+        expected.append(f"pool{block}")
+    assert _vgg19_layer_names() == expected
+
+
+def test_random_vgg_warns_that_its_losses_are_meaningless():
+    with pytest.warns(UserWarning) as record:
+        build_vgg19_features("random")
+    assert str(record[0].message) == (
+        "--vgg-weights random: VGG19 is randomly initialised, so its perceptual/style losses only exercise the "
+        "code (smoke tests); pass real ImageNet weights to train")
+
+
+def test_vgg_missing_weights_error_says_how_to_pass_them(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"and pass --vgg-weights PATH \(or put it at that path\), "
+                                                r"or --vgg-weights random for a smoke test$"):
+        build_vgg19_features(tmp_path / "vgg19.pth")
+
+
+def test_wrong_vgg_file_error_quotes_the_first_line_of_the_cause(tmp_path):
+    path = tmp_path / "bad.pth"
+    torch.save({"weight": torch.zeros(1)}, path)
+    with pytest.raises(ValueError, match=r"state_dict: Error\(s\) in loading state_dict for Sequential:$"):
+        build_vgg19_features(path)
+
+
+def test_vgg_file_that_needs_arbitrary_unpickling_is_refused(tmp_path):
+    # loaded with weights_only=True: a file holding more than tensors (any pickled object) is refused
+    state_dict = {f"features.{key}": value for key, value in make_layers(cfgs["E"]).state_dict().items()}
+    path = tmp_path / "vgg19.pth"
+    torch.save({**state_dict, "extra": argparse.Namespace(note="code")}, path)
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+        build_vgg19_features(path)
+
+
+def test_unknown_or_no_vgg_layers_are_rejected_naming_them():
+    with pytest.raises(ValueError, match=r"^unknown VGG19 layers \['relu9_9'\]; choose from \['conv1_1', "):
+        VGG19Features(layers=("relu9_9", "conv1_1"), vgg_weights="random")
+    with pytest.raises(ValueError, match=r"^unknown VGG19 layers \[\]; choose from"):
+        VGG19Features(layers=(), vgg_weights="random")
+
+
+def test_vgg_features_normalise_the_image_and_return_conv_outputs_before_their_relu():
+    with pytest.warns(UserWarning, match="randomly initialised"):
+        features = VGG19Features(layers=("conv1_1", "relu1_1"), vgg_weights="random")
+    image = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    conv, relu = features(image)
+    normalised = (image - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor(
+        [0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    first = features.body[0]
+    assert torch.allclose(conv, nn.functional.conv2d(normalised, first.weight, first.bias, padding=1), atol=1e-5)
+    assert (conv < 0).any() and torch.equal(relu, conv.clamp_min(0.0))
+    # the normalisation constants are not state: a checkpoint holds only the network's weights
+    assert not {"mean", "std"} & set(features.state_dict())
+
+
+@pytest.mark.parametrize("loss_class", [VGGPerceptualLoss, GramStyleLoss])
+def test_vgg_loss_layer_weights_default_to_their_mean_and_need_one_per_layer(loss_class):
+    layers = ("relu1_1", "relu1_2")
+    with pytest.warns(UserWarning, match="randomly initialised"):
+        assert loss_class(layers=layers, vgg_weights="random").layer_weights == [0.5, 0.5]
+        assert loss_class(layers=layers, vgg_weights="random", layer_weights=(2, 3)).layer_weights == [2.0, 3.0]
+    with pytest.raises(ValueError, match=r"^layer_weights needs one weight per layer \(2\), got 1$"), \
+            pytest.warns(UserWarning, match="randomly initialised"):
+        loss_class(layers=layers, vgg_weights="random", layer_weights=(1.0,))
 
 
 def test_adversarial_losses_known_values():

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from losses.luminance_attention import LuminanceAttentionLoss, luminance_attention_maps
+from losses.luminance_attention import ZONE_CENTRES, LuminanceAttentionLoss, luminance_attention_maps
 from losses.zone_aware import ZoneAwareLoss, hdr_zone_masks
 from losses.zones import AdaptiveZoneLoss, exposure_zones, percentile_thresholds
 
@@ -32,6 +32,55 @@ def test_luminance_attention_loss_known_values():
     assert loss(error_in_window, target, inp) > loss(error_in_shadow, target, inp)
 
 
+def gaussian_memberships(luma, width):
+    """softmax_k(-(luma - c_k)^2 / (2 width^2)) of one luma value, in numpy."""
+    logits = -(luma - np.array(ZONE_CENTRES)) ** 2 / (2 * width ** 2)
+    return np.exp(logits) / np.exp(logits).sum()
+
+
+def test_luminance_attention_maps_are_normalised_gaussians_of_the_luma():
+    luma = torch.tensor([0.5, 0.75, 1.0, 0.6]).view(1, 1, 1, 4).expand(1, 3, 1, 4)
+    maps = luminance_attention_maps(luma)[0, :, 0]
+    # the docstring's figures: luma 0.5 is 92 % midtone, 0.75 split evenly, 1 is 96 % highlight
+    assert maps[1, 0].item() == pytest.approx(0.919, abs=1e-3)
+    assert maps[1, 1].item() == pytest.approx(maps[2, 1].item(), abs=1e-6)
+    assert maps[2, 2].item() == pytest.approx(0.958, abs=1e-3)
+    for index, value in enumerate((0.5, 0.75, 1.0, 0.6)):
+        assert maps[:, index].tolist() == pytest.approx(gaussian_memberships(value, 0.2).tolist(), abs=1e-6)
+    narrow = luminance_attention_maps(luma, width=0.1)[0, :, 0, 3]
+    assert narrow.tolist() == pytest.approx(gaussian_memberships(0.6, 0.1).tolist(), abs=1e-6)
+
+
+def test_luminance_attention_maps_follow_the_inputs_dtype_and_device():
+    centres = torch.tensor(ZONE_CENTRES, dtype=torch.float64)
+    assert luminance_attention_maps(torch.rand(1, 3, 2, 2), centres=centres).dtype == torch.float32
+    # the meta device stands in for CUDA: the default centres are built where the input is
+    assert luminance_attention_maps(torch.zeros(1, 3, 2, 2, device="meta")).device.type == "meta"
+
+
+def test_luminance_attention_loss_divides_each_zone_by_at_least_one_pixel_over_the_batch():
+    # two one-pixel photos: no zone adds up to a pixel, so each zone's error is weighted by its
+    # memberships (the one-pixel floor); the error is averaged over the colour channels
+    inp = torch.tensor([0.0, 1.0]).view(2, 1, 1, 1).expand(2, 3, 1, 1)
+    target = torch.full((2, 3, 1, 1), 0.5)
+    pred = target.clone()
+    pred[0, 0] += 0.3
+    pred[1, 2] -= 0.6
+    loss = LuminanceAttentionLoss(shadow_weight=1.5, midtone_weight=1.0, highlight_weight=2.0, width=0.3)
+    memberships = [gaussian_memberships(0.0, 0.3), gaussian_memberships(1.0, 0.3)]
+    assert max(memberships[0] + memberships[1]) < 1.0
+    zone_errors = 0.1 * memberships[0] + 0.2 * memberships[1]
+    expected = float(np.dot([1.5, 1.0, 2.0], zone_errors))
+    assert loss(pred, target, inp).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_luminance_attention_loss_rejects_a_width_of_zero_and_saves_no_state():
+    with pytest.raises(ValueError, match="^LuminanceAttentionLoss width must be > 0, got 0$"):
+        LuminanceAttentionLoss(width=0)
+    # its zone centres and weights come from the constructor: a checkpoint carries none of them
+    assert LuminanceAttentionLoss().state_dict() == {}
+
+
 def test_zone_aware_masks_and_known_value():
     inp = torch.cat([torch.full((1, 3, 4, 4), 0.05), torch.full((1, 3, 4, 4), 0.5), torch.ones(1, 3, 4, 4)], dim=3)
     masks = hdr_zone_masks(inp)
@@ -49,6 +98,51 @@ def test_zone_aware_masks_and_known_value():
         ZoneAwareLoss(shadow_threshold=0.9)
 
 
+def test_hdr_zone_masks_use_their_thresholds_and_softness():
+    # luma 0.5 between a shadow threshold of 0.4 and a window threshold of 0.6, softness 0.1
+    masks = hdr_zone_masks(torch.full((1, 3, 1, 1), 0.5), window_threshold=0.6, shadow_threshold=0.4,
+                           softness=0.1).flatten()
+    window = 1.0 / (1.0 + np.exp(1.0))  # sigmoid(-1)
+    shadow = window * (1.0 - window)  # sigmoid(-1) of the rest
+    assert masks.tolist() == pytest.approx([window, shadow, 1.0 - window - shadow], abs=1e-6)
+
+
+@pytest.mark.parametrize("shadow_threshold, window_threshold", [(0.0, 0.85), (0.5, 0.5), (0.25, 1.0)])
+def test_zone_aware_loss_rejects_thresholds_out_of_order(shadow_threshold, window_threshold):
+    message = (f"^ZoneAwareLoss needs 0 < shadow_threshold < window_threshold < 1, "
+               f"got {shadow_threshold} and {window_threshold}$")
+    with pytest.raises(ValueError, match=message):
+        ZoneAwareLoss(shadow_threshold=shadow_threshold, window_threshold=window_threshold)
+
+
+def test_zone_aware_loss_rejects_a_softness_of_zero_and_saves_no_state():
+    with pytest.raises(ValueError, match="^ZoneAwareLoss softness must be > 0, got 0$"):
+        ZoneAwareLoss(softness=0)
+    assert ZoneAwareLoss().state_dict() == {}
+
+
+def test_zone_aware_loss_follows_its_formula_on_a_batch_with_zones_under_a_pixel():
+    # two 1 x 2 photos: every zone covers less than 2 pixels (the floor of one pixel matters), errors
+    # differ per channel, pixel and image
+    inp = torch.tensor([[0.1, 0.5], [0.9, 0.3]]).view(2, 1, 1, 2).expand(2, 3, 1, 2)
+    generator = torch.Generator().manual_seed(0)
+    target, pred = torch.rand(2, 3, 1, 2, generator=generator), torch.rand(2, 3, 1, 2, generator=generator)
+    weights, beta, thresholds = (2.0, 1.5, 0.5), 0.7, dict(window_threshold=0.8, shadow_threshold=0.2, softness=0.1)
+    loss = ZoneAwareLoss(*weights, brightness_weight=beta, **thresholds)
+    masks = hdr_zone_masks(inp, **thresholds)
+    error = (pred - target).abs().mean(dim=1)
+    luma = {name: 0.2126 * x[:, 0] + 0.7152 * x[:, 1] + 0.0722 * x[:, 2]
+            for name, x in (("pred", pred), ("target", target))}
+    expected = 0.0
+    for zone, weight in enumerate(weights):
+        mask = masks[:, zone]
+        zone_error = (mask * error).sum() / max(mask.sum().item(), 1.0)
+        brightness = [abs(((mask[n] * luma["pred"][n]).sum() - (mask[n] * luma["target"][n]).sum()).item())
+                      / max(mask[n].sum().item(), 1.0) for n in range(2)]
+        expected += weight * (zone_error.item() + beta * sum(brightness) / 2)
+    assert loss(pred, target, inp).item() == pytest.approx(expected, rel=1e-5)
+
+
 # --------------------------------------------------------------------------- adaptive zones
 
 def test_percentile_thresholds_match_numpy():
@@ -63,6 +157,20 @@ def test_percentile_thresholds_of_a_large_image_use_a_close_subsample():
     luma = torch.rand(1, 1, 600, 600, generator=torch.Generator().manual_seed(1))
     thresholds = percentile_thresholds(luma, torch.tensor([0.25, 0.9]))
     assert thresholds[0].tolist() == pytest.approx([0.25, 0.9], abs=0.01)
+
+
+def test_percentile_thresholds_of_a_large_image_sample_every_sth_row_and_column():
+    # 600 x 600 pixels: s = ceil(sqrt(360000 / 65536)) = 3, so only rows and columns 0, 3, 6, ... count
+    luma = torch.zeros(1, 1, 600, 600)
+    luma[:, :, ::3, ::3] = 1.0
+    assert percentile_thresholds(luma, torch.tensor([0.25, 0.9]))[0].tolist() == [1.0, 1.0]
+
+
+def test_percentile_thresholds_take_quantiles_of_any_float_dtype():
+    luma = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    single = percentile_thresholds(luma, torch.tensor([0.25, 0.9]))
+    double = percentile_thresholds(luma, torch.tensor([0.25, 0.9], dtype=torch.float64))
+    assert double.dtype == torch.float32 and torch.equal(single, double)
 
 
 def test_zone_thresholds_adapt_to_exposure():

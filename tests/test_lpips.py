@@ -1,12 +1,14 @@
 """LPIPS loss: local backbone weights only (never a download), the package's linear heads, one-line
 errors, and loss behaviour."""
 import argparse
+import re
+import sys
 
 import pytest
 import torch
-from torchvision.models import alexnet
+from torchvision.models import alexnet, squeezenet1_1
 
-from losses.lpips import LPIPSLoss, add_lpips_args, default_lpips_weights_path
+from losses.lpips import INSTALL_HINT, LPIPSLoss, add_lpips_args, default_lpips_weights_path
 
 
 
@@ -26,6 +28,77 @@ def test_backbone_loads_every_tensor_from_a_torchvision_file(tmp_path):
     # the linear heads come from the wheel, not random: all non-negative 1x1 weights
     heads = [loss.model.lins[i].model[-1].weight for i in range(5)]
     assert all((w >= 0).all() and w.abs().sum() > 0 for w in heads)
+
+
+def test_squeezenet_backbone_loads_every_tensor_from_a_torchvision_file(tmp_path):
+    # its Fire modules' keys have four parts (features.3.squeeze.weight -> slice2.3.squeeze.weight)
+    torch.manual_seed(0)
+    path = tmp_path / "squeezenet1_1-b8a52dc0.pth"
+    torch.save(squeezenet1_1(weights=None).state_dict(), path)
+    loss = LPIPSLoss(weights=path, net="squeeze")
+    reference = torch.load(path, weights_only=True)
+    state = loss.model.net.state_dict()
+    assert any(name.count(".") == 3 for name in state)
+    for name, tensor in state.items():
+        _, index, param = name.split(".", 2)
+        assert torch.equal(tensor, reference[f"features.{index}.{param}"]), name
+
+
+def test_unknown_backbone_is_rejected_naming_the_known_ones():
+    with pytest.raises(ValueError, match="^LPIPS backbone must be one of alex, vgg, squeeze, got 'resnet'$"):
+        LPIPSLoss(weights="random", net="resnet")
+
+
+def test_missing_lpips_package_names_the_install_command(monkeypatch):
+    monkeypatch.setitem(sys.modules, "lpips", None)  # import lpips now raises ImportError
+    with pytest.raises(ImportError, match=re.escape(INSTALL_HINT)):
+        LPIPSLoss(weights="random")
+
+
+def test_missing_weights_error_says_how_to_pass_them(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"and pass --lpips-weights PATH \(or put it at that path\), "
+                                                r"or --lpips-weights random for a smoke test$"):
+        LPIPSLoss(weights=tmp_path / "alexnet.pth")
+
+
+def test_wrong_file_error_quotes_the_first_line_of_the_cause(tmp_path):
+    path = tmp_path / "other.pth"
+    torch.save({"conv.weight": torch.zeros(1)}, path)
+    with pytest.raises(ValueError, match=r"state_dict: Error\(s\) in loading state_dict for alexnet:$"):
+        LPIPSLoss(weights=path)
+
+
+def test_backbone_file_that_needs_arbitrary_unpickling_is_refused(tmp_path):
+    # loaded with weights_only=True: a file holding more than tensors (any pickled object) is an error
+    path = tmp_path / "alexnet-owt-7be5be79.pth"
+    torch.manual_seed(0)
+    torch.save({**alexnet(weights=None).state_dict(), "extra": argparse.Namespace(note="code")}, path)
+    with pytest.raises(ValueError, match="not torchvision's alex state_dict"):
+        LPIPSLoss(weights=path)
+
+
+def test_lpips_takes_images_in_the_unit_range():
+    # inputs in [0, 1], mapped to the [-1, 1] the package's networks expect
+    loss = LPIPSLoss(weights="random")
+    generator = torch.Generator().manual_seed(0)
+    pred, target = torch.rand(1, 3, 32, 32, generator=generator), torch.rand(1, 3, 32, 32, generator=generator)
+    expected = loss.model(2 * pred - 1, 2 * target - 1, normalize=False).mean()
+    assert loss(pred, target).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_random_backbone_warns_that_the_loss_is_meaningless():
+    with pytest.warns(UserWarning) as record:
+        LPIPSLoss(weights="random")
+    assert str(record[0].message) == ("--lpips-weights random: LPIPS's backbone is randomly initialised, so the loss "
+                                      "only exercises the code (smoke tests); pass real ImageNet weights to train")
+
+
+@pytest.mark.parametrize("net, file_name", [("alex", "alexnet-owt-7be5be79.pth"),
+                                            ("squeeze", "squeezenet1_1-b8a52dc0.pth")])
+def test_default_weights_are_read_from_torch_hubs_cache_of_the_backbone(tmp_path, monkeypatch, net, file_name):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path / "checkpoints" / file_name))):
+        LPIPSLoss(net=net)
 
 
 def test_missing_weights_name_the_file_and_the_flag(tmp_path):

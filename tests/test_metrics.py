@@ -46,3 +46,10 @@ def test_ssim_is_differentiable_and_rejects_tiny_images():
     assert torch.isfinite(pred.grad).all() and pred.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="at least 11x11"):
         ssim(torch.rand(1, 3, 8, 8), torch.rand(1, 3, 8, 8))
+
+
+def test_l1_is_the_mean_absolute_error_of_each_image():
+    target = torch.full((2, 3, 4, 4), 0.1)
+    pred = target + torch.tensor([0.2, -0.4]).view(2, 1, 1, 1)
+    assert l1(pred, target, reduction="none").tolist() == pytest.approx([0.2, 0.4])
+    assert l1(pred, target).item() == pytest.approx(0.3)

@@ -1,3 +1,4 @@
+import math
 from types import SimpleNamespace
 
 import pytest
@@ -6,7 +7,7 @@ from torch import nn
 
 from utils.checkpoint import CheckpointError, build_model, load_pretrained, model_spec, save_checkpoint
 from models.padding import pad_to_multiple
-from utils.tiling import tiled_forward
+from utils.tiling import _blend_ramp, tiled_forward
 from utils.training import (EMA, LossTracker, NonFiniteLossError, TrainingState, TrainStep, build_optimizer,
                             cosine_with_warmup, make_grad_scaler, make_train_step)
 
@@ -251,3 +252,37 @@ def test_pad_to_multiple():
     assert padded.shape[-2:] == (16, 8) and size == (13, 8)
     tiny, _ = pad_to_multiple(torch.rand(1, 3, 3, 3), 8)
     assert tiny.shape[-2:] == (8, 8)
+
+
+def test_pad_to_multiple_reflects_the_bottom_and_right_edges():
+    image = torch.arange(1.0, 10.0).view(1, 1, 3, 3)
+    padded, size = pad_to_multiple(image, 4)
+    assert size == (3, 3)
+    assert padded[0, 0].tolist() == [[1, 2, 3, 2], [4, 5, 6, 5], [7, 8, 9, 8], [4, 5, 6, 5]]
+
+
+@pytest.mark.parametrize("height, width", [(2, 3), (3, 2), (1, 3)])
+def test_pad_to_multiple_replicates_where_one_pad_is_not_smaller_than_its_side(height, width):
+    # reflection cannot cover a pad as large as the side: both sides are then replicated
+    image = torch.rand(1, 2, height, width, generator=torch.Generator().manual_seed(0))
+    padded, _ = pad_to_multiple(image, 4)
+    expected = torch.nn.functional.pad(image, (0, 4 - width, 0, 4 - height), mode="replicate")
+    assert torch.equal(padded, expected)
+
+
+def test_tile_blend_ramp_is_zero_on_the_outer_quarter_of_the_overlap_then_a_raised_cosine():
+    # overlap 8: 2 pixels at 0, then sin^2(pi/2 (k + 0.5) / 6) for k = 0..5, then 1 inside
+    rise = [math.sin(0.5 * math.pi * (k + 0.5) / 6) ** 2 for k in range(6)]
+    both = _blend_ramp(20, 8, ramp_start=True, ramp_end=True, device="cpu")
+    assert both.tolist() == pytest.approx([0, 0, *rise, 1, 1, 1, 1, *rise[::-1], 0, 0], abs=1e-6)
+    assert _blend_ramp(20, 8, ramp_start=False, ramp_end=True, device="cpu")[:12].tolist() == [1.0] * 12
+    # overlap 1: no zero margin, one pixel at sin^2(pi/4) = 1/2; overlap 0: no ramp at all
+    assert _blend_ramp(4, 1, ramp_start=True, ramp_end=False, device="cpu").tolist() == pytest.approx([0.5, 1, 1, 1])
+    assert _blend_ramp(4, 0, ramp_start=True, ramp_end=True, device="cpu").tolist() == [1.0] * 4
+    # built where asked: the meta device stands in for CUDA
+    assert _blend_ramp(20, 8, ramp_start=True, ramp_end=True, device="meta").device.type == "meta"
+
+
+def test_tiled_forward_of_an_image_shorter_than_a_tile_and_wider_than_several():
+    image = torch.rand(1, 3, 16, 80, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(tiled_forward(lambda x: x, image, tile=32, overlap=8), image, atol=1e-6)

@@ -8,12 +8,14 @@ Runs mutmut (a dev-only dependency: pip install -r requirements-dev.txt) one mod
 under a wall-clock --timeout, in the repository root; mutmut copies the code to mutants/, puts one
 small bug at a time into a function and runs the tests that call that function (recorded on the
 first run). A mutant is killed when a test fails; one that survives is a bug the suite would let
-through. A mutant whose tests run past mutmut's time limit is a timeout, left out of the kill rate:
-mutmut's forked runner hangs on mutants of code run at test-module import, caught or not. A module tested before gets only its mutants that were
-not killed retried (after a test was added), unless --fresh; mutmut itself re-tests the functions whose
-code changed. Print the survivors with --survivors, and inspect one with `mutmut show NAME`. The kill
-rate leaves out the reviewed survivors listed in EQUIVALENT (no observable difference) and HELP_TEXT
-(only a flag's --help text changes).
+through. A mutant whose tests run past mutmut's time limit is a timeout, left out of the kill rate.
+mutmut runs each mutant's tests in a child forked from a process that has run torch; with more than one
+OpenMP thread such a child hangs in the thread pool it inherited (libgomp is not fork-safe), so mutmut
+runs here with one thread (OMP_NUM_THREADS=1), else most mutants of torch code end as timeouts. A module
+tested before gets only its mutants that were not killed (survivors and timeouts) retried, unless
+--fresh; mutmut itself re-tests the functions whose code changed. Print the survivors with --survivors,
+and inspect one with `mutmut show NAME`. The kill rate leaves out the reviewed survivors listed in
+EQUIVALENT (no observable difference) and HELP_TEXT (only a flag's --help text changes).
 """
 import argparse
 import configparser
@@ -45,6 +47,80 @@ EQUIVALENT = {
     "losses.illumination.xǁIlluminationConsistencyLossǁforward__mutmut_38": "diff over dim +2 of a 4-D map is dim -2",
     "losses.side_output.xǁSideOutputLossǁforward__mutmut_8": "side.shape[+2:] of a 4-D side output is shape[-2:]",
     "losses.edge.xǁEdgeLossǁ__init____mutmut_19": "persistent=None is falsy: the kernels stay out of the state dict",
+    # (x - min) / max(max - min, eps) lies in [0, 1] exactly in IEEE arithmetic (rounding is monotone): the
+    # clamp(0, 1) after it never changes a value, so neither does dropping or widening either bound
+    **{f"losses.depth_maps.x_normalize_depth__mutmut_{n}": "clamp(0.0, 1.0) of a min-max ratio already in [0, 1]"
+       for n in (30, 31, 33, 39)},
+    "losses.frequency.xǁFocalFrequencyLossǁforward__mutmut_4":
+        "autocast on around fft2 of an fp32 difference: no autocast op list (CPU, CUDA) casts fft, it stays fp32",
+    "losses.frequency.xǁFocalFrequencyLossǁforward__mutmut_5":
+        "autocast on around fft2 of an fp32 difference: no autocast op list (CPU, CUDA) casts fft, it stays fp32",
+    "losses.frequency.xǁFocalFrequencyLossǁforward__mutmut_27": "amax over dims (+2, -1) of a 4-D spectrum is (-2, -1)",
+    "losses.lab.xǁMultiScaleColorLossǁforward__mutmut_8":
+        "scale >= 1 also pools at scale 1: a 1 x 1 average pool is the identity",
+    "losses.luminance_attention.x_luminance_attention_maps__mutmut_8":
+        "centres viewed (K, 1, 1) broadcast against the (N, 1, H, W) luma exactly as (1, K, 1, 1)",
+    "losses.luminance_attention.xǁLuminanceAttentionLossǁ__init____mutmut_7":
+        "persistent=None is falsy: the centres stay out of the state dict",
+    "losses.luminance_attention.xǁLuminanceAttentionLossǁ__init____mutmut_17":
+        "persistent=None is falsy: the zone weights stay out of the state dict",
+    # saturation_difference takes the HSV of the same images (its contract; HSVLoss passes them) to
+    # save recomputing it: dropping them recomputes the same values
+    **{name: "recomputes rgb_to_hsv of the same images instead of reusing it: the same values" for name in (
+        "losses.color.x_saturation_difference__mutmut_10", "losses.color.x_saturation_difference__mutmut_15",
+        "losses.color.xǁHSVLossǁforward__mutmut_12", "losses.color.xǁHSVLossǁforward__mutmut_13",
+        "losses.color.xǁHSVLossǁforward__mutmut_18")},
+    **{f"losses.zones.xǁAdaptiveZoneLossǁ__init____mutmut_{n}": "persistent=None is falsy: the buffer stays out of "
+       "the state dict" for n in (17, 31)},
+    "losses.lpips.xǁLPIPSLossǁtrain__mutmut_1": "train() ignores its mode (always eval): its default does not matter",
+    "losses.lpips.xǁLPIPSLossǁ__init____mutmut_8":
+        "no stdout redirect: lpips.LPIPS(verbose=False) prints nothing anyway",
+    "losses.lpips.xǁLPIPSLossǁ__init____mutmut_19": "verbose=None: what lpips prints goes to the redirected stdout",
+    "losses.lpips.xǁLPIPSLossǁ__init____mutmut_23":
+        "verbose left at True: what lpips prints goes to the redirected stdout",
+    "losses.lpips.xǁLPIPSLossǁ__init____mutmut_26": "verbose=True: what lpips prints goes to the redirected stdout",
+    "losses.lpips.xǁLPIPSLossǁ__init____mutmut_12":
+        "ignoring every warning category: building lpips.LPIPS warns only with UserWarning (torchvision's)",
+    "losses.lpips.xǁLPIPSLossǁ__init____mutmut_20": "pretrained=True is lpips.LPIPS's default",
+    "losses.lpips.xǁLPIPSLossǁ_load_backbone__mutmut_9": "weights_only=None: torch >= 2.6 loads with weights_only=True",
+    "losses.lpips.xǁLPIPSLossǁ_load_backbone__mutmut_12": "no weights_only: torch >= 2.6 loads with weights_only=True",
+    "losses.perceptual.x_build_vgg19_features__mutmut_3": "batch_norm=None is falsy: no batch norm, as False",
+    "losses.perceptual.x_build_vgg19_features__mutmut_5": "batch_norm=False is make_layers' default",
+    "losses.perceptual.x_build_vgg19_features__mutmut_34":
+        "weights_only=None: torch >= 2.6 loads with weights_only=True",
+    "losses.perceptual.x_build_vgg19_features__mutmut_37": "no weights_only: torch >= 2.6 loads with weights_only=True",
+    "losses.perceptual.xǁVGG19Featuresǁ__init____mutmut_18": "ReLU inplace=None is falsy: not in place, as False",
+    "losses.perceptual.xǁVGG19Featuresǁ__init____mutmut_23":
+        "persistent=None is falsy: the mean stays out of the state dict",
+    "losses.perceptual.xǁVGG19Featuresǁ__init____mutmut_45":
+        "persistent=None is falsy: the std stays out of the state dict",
+    "losses.perceptual.xǁVGG19Featuresǁ__init____mutmut_33":
+        "a (3, 1, 1) mean broadcasts against (N, 3, H, W) as (1, 3, 1, 1)",
+    "losses.perceptual.xǁVGG19Featuresǁ__init____mutmut_55":
+        "a (3, 1, 1) std broadcasts against (N, 3, H, W) as (1, 3, 1, 1)",
+    "losses.perceptual.xǁVGG19Featuresǁtrain__mutmut_1":
+        "train() ignores its mode (always eval): its default does not matter",
+    "models.padding.x_pad_to_multiple__mutmut_4": "image.shape[+2:] of a 4-D (N, C, H, W) image is shape[-2:]",
+    "utils.tiling.x__tile_starts__mutmut_1": "length == tile: range(0, 0, stride) is empty, so the starts are [0] too",
+    "utils.tiling.x__blend_ramp__mutmut_11": "overlap 0 (the only case with rise 0): the ramps write empty slices",
+    "utils.tiling.x__blend_ramp__mutmut_12":
+        "overlap >= 0: at overlap 0 the rise is 0, so the ramp is skipped as before",
+    "utils.tiling.x__blend_ramp__mutmut_14":
+        "rise >= 0: with overlap > 0 the rise, overlap - overlap // 4, is at least 1",
+    "utils.tiling.x__blend_ramp__mutmut_21": "an int64 arange + 0.5 is float32 (the default dtype), as asked",
+    "utils.tiling.x__blend_ramp__mutmut_24": "an int64 arange + 0.5 is float32 (the default dtype), as asked",
+    "losses.histogram.x_soft_histogram__mutmut_60":
+        "one more kernel offset, reach + 1 bins away: beyond sigma, where the triangular kernel is 0",
+    "losses.ssim.x_ssim__mutmut_8": "pred.shape[+2] of a 4-D (N, C, H, W) image is shape[-2]",
+    "losses.ssim.x_ssim__mutmut_13": "pred.shape[+2:] of a 4-D image is shape[-2:] (in the error message)",
+    "losses.colorspace.x_srgb_to_linear__mutmut_17":
+        ">= at the threshold 0.04045: both branches of the sRGB curve give 0.0031308 there (2e-9 apart)",
+    "losses.colorspace.x__lab_companding__mutmut_16":
+        ">= at the threshold (6/29)^3: the cube root and the linear part are both 6/29 there",
+    "losses.zone_aware.xǁZoneAwareLossǁ__init____mutmut_18":
+        "persistent=None is falsy: the zone weights stay out of the state dict",
+    "losses.bright_color.xǁBrightHistogramLossǁforward__mutmut_9":
+        "weights (N, H, 1, W) instead of (N, 1, H, W): soft_histogram flattens them per image in the same order",
 }
 # Survivors that change only what `--help` prints (a flag's help= or metavar= text, reviewed with
 # `mutmut show`): no behaviour to test. Counted in their own column and, like EQUIVALENT, left out of
@@ -174,9 +250,8 @@ def print_table(paths: list, survivors: bool) -> None:
     for path in paths:
         counts = tally(path)
         total = sum(counts.values())
-        # Timeouts stay out of the rate: here they are mostly mutants of code that runs while pytest
-        # imports the test files (a loss built at module level), which hang mutmut's forked runner
-        # whether or not the tests would catch them (run by hand, some fail and some pass).
+        # Timeouts stay out of the rate: no verdict (--verify-timeouts gives them one), e.g. mutants of
+        # code that runs while pytest imports the test files (a loss built at module level).
         checked = counts["killed"] + counts["survived"] + counts["no tests"]
         rate = f"{100 * counts['killed'] / checked:5.1f} %" if checked else (
             "timeouts only" if counts["timeout"] else "  not run")
@@ -214,13 +289,16 @@ def main(argv=None) -> None:
         for path in paths:
             print(f"--- {path}", flush=True)
             previous = results(path)
-            retry = [name for name, code in previous.items() if code not in KILLED]
+            retry = [name for name, code in previous.items() if KILLED.get(code) != "killed"]
             if previous and not retry and not args.fresh:
                 continue
             names = retry if previous and not args.fresh else [mutant_glob(path)]
             command = [sys.executable, "-m", "mutmut", "run", "--max-children", str(args.jobs), *names]
+            # one OpenMP / MKL thread: mutmut's forked test workers hang in a multi-threaded pool
+            environment = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
             # its own process group, so a timeout also ends mutmut's forked test workers
-            process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, start_new_session=True)
+            process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, start_new_session=True,
+                                       env=environment)
             try:
                 process.wait(timeout=args.timeout)
             except subprocess.TimeoutExpired:
