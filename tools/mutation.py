@@ -35,9 +35,9 @@ SURVIVED = {0: "survived", 5: "no tests", 33: "no tests"}
 # leaves them out. Mutant numbers change when a function's code changes: review again then.
 EQUIVALENT = {
     "data.pairs.x__is_image__mutmut_6":
-        "both callers drop hidden names first (_visible_children, the hidden-part check), so _is_image's own check never decides",
+        "both callers drop hidden names first (_visible_children, the hidden-part check): _is_image's never decides",
     "data.pairs.x__manifest_pairs__mutmut_6": 'encoding "UTF-8" is "utf-8": codec names are case-insensitive',
-    "data.pairs.x_resolve_datasets_pairs__mutmut_9": 'dropping flag="--data": discover_pairs\' default flag is "--data"',
+    "data.pairs.x_resolve_datasets_pairs__mutmut_9": 'dropping flag="--data": discover_pairs\' default is "--data"',
     "utils.metrics.x_masked_psnr__mutmut_15": "mask.shape[+2:] of a mask already checked to be 4-D is shape[-2:]",
     "utils.metrics.x_masked_psnr__mutmut_18": "pred.shape[+2:] of a 4-D (N, C, H, W) prediction is shape[-2:]",
     "utils.metrics.x_masked_psnr__mutmut_23": "the same pred.shape[+2:] in the error message",
