@@ -1,12 +1,13 @@
 """Optimizer and lr-schedule choice of make_train_step (utils.cli.add_schedule_args): Adam + multistep."""
 import argparse
+import math
 
 import pytest
 import torch
 from torch import nn
 
 from utils.cli import add_schedule_args
-from utils.training import make_train_step, multistep_with_warmup
+from utils.training import build_optimizer, cosine_restarts, make_train_step, multistep_with_warmup, split_steps
 
 
 def schedule_args(*flags, steps=8, warmup=0):
@@ -59,3 +60,78 @@ def test_without_schedule_flags_the_recipe_stays_adamw_cosine():
     train_step = make_train_step(nn.Linear(2, 2), args, torch.device("cpu"))
     assert type(train_step.optimizer) is torch.optim.AdamW
     assert lrs(train_step, 3)[1] < 1.0
+
+
+def test_split_steps_cuts_the_total_into_proportional_periods_that_sum_exactly():
+    assert split_steps(10, (0.4, 0.6)) == [4, 6]
+    assert split_steps(7, (1, 1, 1)) == [2, 3, 2]
+    assert split_steps(150_000, (46, 104)) == [46_000, 104_000]
+    assert split_steps(2, (1, 1, 1)) == [1, 1, 1]  # no period shorter than one step
+
+
+@pytest.mark.parametrize("fractions", [(), (1.0, 0.0), (1.0, -0.5)])
+def test_split_steps_refuses_empty_or_non_positive_fractions(fractions):
+    with pytest.raises(ValueError, match=r"cycle fractions must be positive, got \["):
+        split_steps(10, fractions)
+
+
+def restart_lrs(steps, **kwargs):
+    model = nn.Linear(1, 1)
+    optimizer = torch.optim.SGD([{"params": [model.weight]}, {"params": [model.bias], "lr": 0.5}], lr=1.0)
+    scheduler = cosine_restarts(optimizer, **kwargs)
+    values = []
+    for _ in range(steps):
+        values.append([group["lr"] for group in optimizer.param_groups])
+        optimizer.step()
+        scheduler.step()
+    return values
+
+
+def test_cosine_restarts_follows_each_period_from_its_restart_lr_to_its_eta():
+    # periods 4 + 6 from steps 0 and 4; lr = eta + w (base - eta) (1 + cos(pi (t - start) / period)) / 2
+    values = restart_lrs(13, total_steps=10, fractions=(0.4, 0.6), eta_mins=(0.5, 0.0), restart_weights=(1.0, 0.5))
+    first = [lr for lr, _ in values]
+    assert first[0] == pytest.approx(1.0)
+    assert first[2] == pytest.approx(0.75)
+    assert first[3] == pytest.approx(0.5 + 0.5 * 0.5 * (1 + math.cos(math.pi * 3 / 4)))
+    assert first[4] == pytest.approx(0.5)  # the restart: w * base + (1 - w) * eta
+    assert first[7] == pytest.approx(0.25)
+    assert first[10:] == pytest.approx([0.0, 0.0, 0.0])  # past the total the lr stays at the last eta
+    # a second param group's lr runs between the same etas from its own base lr (0.5, here the first eta)
+    assert [values[t][1] for t in (0, 2, 4, 7, 10)] == pytest.approx([0.5, 0.5, 0.25, 0.125, 0.0])
+
+
+def test_cosine_restarts_defaults_to_full_restarts_and_warms_up_linearly():
+    values = restart_lrs(6, total_steps=6, fractions=(1, 1), eta_mins=(0.0, 0.0), warmup_steps=2)
+    first = [lr for lr, _ in values]
+    assert first[0] == pytest.approx(0.5)  # (step + 1) / warmup of the full lr
+    assert first[1] == pytest.approx(0.75)  # cosine at 1/3 of the first period, warm-up complete
+    assert first[3] == pytest.approx(1.0)  # restart weight 1 by default: back to the base lr
+    assert first[4] == pytest.approx(0.75)
+
+
+def test_cosine_restarts_needs_one_eta_and_one_weight_per_cycle():
+    with pytest.raises(ValueError, match="2 cycles, 1 eta_mins, 2 restart weights"):
+        restart_lrs(1, total_steps=10, fractions=(1, 1), eta_mins=(0.0,))
+    with pytest.raises(ValueError, match="2 cycles, 2 eta_mins, 3 restart weights"):
+        restart_lrs(1, total_steps=10, fractions=(1, 1), eta_mins=(0.0, 0.0), restart_weights=(1, 1, 1))
+
+
+def test_build_optimizer_steps_trainable_parameters_and_extra_groups_with_their_own_settings():
+    model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+    model[0].requires_grad_(False)
+    extra = nn.Parameter(torch.zeros(3))
+    extra_group = {"params": [extra], "lr": 0.5}
+    optimizer = build_optimizer(model, lr=0.1, weight_decay=0.02, betas=(0.8, 0.9), extra_groups=[extra_group])
+    assert isinstance(optimizer, torch.optim.AdamW) and not isinstance(extra_group["params"], torch.Tensor)
+    model_group, loss_group = optimizer.param_groups
+    assert [tuple(p.shape) for p in model_group["params"]] == [(2, 2), (2,)]
+    assert all(p is q for p, q in zip(model_group["params"], model[1].parameters()))
+    assert model_group["lr"] == 0.1 and loss_group["lr"] == 0.5 and loss_group["params"] == [extra]
+    for group in (model_group, loss_group):
+        assert group["weight_decay"] == 0.02 and group["betas"] == (0.8, 0.9) and group["fused"] is True
+    adam = build_optimizer(model, lr=0.1, weight_decay=0.0, kind="adam")
+    assert type(adam) is torch.optim.Adam and adam.param_groups[0]["betas"] == (0.9, 0.999)
+    assert len(adam.param_groups) == 1
+    with pytest.raises(ValueError, match=r"--optimizer must be one of adamw, adam, got 'sgd'"):
+        build_optimizer(model, lr=0.1, weight_decay=0.0, kind="sgd")

@@ -1,6 +1,8 @@
 import math
+import random
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -8,8 +10,9 @@ from torch import nn
 from utils.checkpoint import CheckpointError, build_model, load_pretrained, model_spec, save_checkpoint
 from models.padding import pad_to_multiple
 from utils.tiling import _blend_ramp, tiled_forward
-from utils.training import (EMA, LossTracker, NonFiniteLossError, TrainingState, TrainStep, build_optimizer,
-                            cosine_with_warmup, make_grad_scaler, make_train_step)
+from utils.training import (EMA, LossTracker, NonFiniteLossError, TrainingState, TrainStep, amp_dtype, autocast,
+                            build_optimizer, configure_backend, cosine_with_warmup, find_ddp, make_grad_scaler,
+                            make_train_step, resolve_amp, seed_everything, select_device)
 
 
 class TinyNet(nn.Module):
@@ -286,3 +289,69 @@ def test_tile_blend_ramp_is_zero_on_the_outer_quarter_of_the_overlap_then_a_rais
 def test_tiled_forward_of_an_image_shorter_than_a_tile_and_wider_than_several():
     image = torch.rand(1, 3, 16, 80, generator=torch.Generator().manual_seed(0))
     assert torch.allclose(tiled_forward(lambda x: x, image, tile=32, overlap=8), image, atol=1e-6)
+
+
+def test_select_device_auto_takes_cuda_only_when_available_and_refuses_a_missing_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert select_device() == torch.device("cpu") and select_device("auto") == torch.device("cpu")
+    assert select_device("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match=r"--device cuda:1: CUDA is not available on this machine \(use --device cpu\)"):
+        select_device("cuda:1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert select_device("auto") == torch.device("cuda") and select_device("cuda:1") == torch.device("cuda:1")
+
+
+def test_seed_everything_makes_python_numpy_and_torch_draws_repeat():
+    def draws(seed):
+        seed_everything(seed)
+        return random.random(), float(np.random.rand()), torch.rand(1).item()
+    assert draws(3) == draws(3)
+    assert all(a != b for a, b in zip(draws(3), draws(4)))
+
+
+def test_configure_backend_turns_on_cudnn_autotuning_and_tf32_on_cuda_only():
+    flags = (torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+
+    def current():
+        return torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        torch.backends.cudnn.benchmark = torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+        configure_backend(torch.device("cpu"))
+        assert current() == (False, False, False)
+        configure_backend(torch.device("cuda"))
+        assert current() == (True, True, True)
+    finally:
+        torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
+
+
+def test_resolve_amp_keeps_a_chosen_mode_and_picks_bf16_only_on_a_cuda_device_that_has_it(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert resolve_amp("fp16", torch.device("cuda")) == "fp16" and resolve_amp("none", torch.device("cuda")) == "none"
+    assert resolve_amp(None, torch.device("cuda")) == "bf16"
+    assert resolve_amp(None, torch.device("cpu")) == "none"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    assert resolve_amp(None, torch.device("cuda")) == "none"
+
+
+def test_autocast_runs_matmuls_in_the_amp_dtype_and_none_in_fp32():
+    assert amp_dtype("none") is None and amp_dtype("bf16") is torch.bfloat16 and amp_dtype("fp16") is torch.float16
+    a = torch.rand(4, 4)
+    with autocast(torch.device("cpu"), "none"):
+        assert not torch.is_autocast_enabled("cpu") and (a @ a).dtype == torch.float32
+    for amp, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
+        with autocast(torch.device("cpu"), amp):
+            assert torch.is_autocast_enabled("cpu") and (a @ a).dtype == dtype
+
+
+def test_grad_scaler_scales_the_loss_for_fp16_only():
+    assert make_grad_scaler("fp16", torch.device("cpu")).is_enabled()
+    assert not make_grad_scaler("bf16", torch.device("cpu")).is_enabled()
+    assert not make_grad_scaler("none", torch.device("cpu")).is_enabled()
+
+
+def test_find_ddp_finds_the_ddp_wrapper_under_a_compile_wrapper():
+    ddp = nn.parallel.DistributedDataParallel.__new__(nn.parallel.DistributedDataParallel)
+    assert find_ddp(ddp) is ddp
+    assert find_ddp(SimpleNamespace(_orig_mod=ddp)) is ddp
+    assert find_ddp(SimpleNamespace(_orig_mod=TinyNet())) is None
+    assert find_ddp(TinyNet()) is None
