@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from utils.cli import add_schedule_args
-from utils.training import build_optimizer, cosine_restarts, make_train_step, multistep_with_warmup, split_steps
+from utils.training import EMA, build_optimizer, cosine_restarts, make_train_step, multistep_with_warmup, split_steps
 
 
 def schedule_args(*flags, steps=8, warmup=0):
@@ -135,3 +135,50 @@ def test_build_optimizer_steps_trainable_parameters_and_extra_groups_with_their_
     assert len(adam.param_groups) == 1
     with pytest.raises(ValueError, match=r"--optimizer must be one of adamw, adam, got 'sgd'"):
         build_optimizer(model, lr=0.1, weight_decay=0.0, kind="sgd")
+
+
+def recipe_args(**overrides):
+    args = argparse.Namespace(lr=0.1, weight_decay=0.03, steps=10, warmup=2, amp="none", grad_clip=0.7, ema=0.9)
+    vars(args).update(overrides)
+    return args
+
+
+def test_make_train_step_takes_the_shared_flags():
+    model = nn.Linear(2, 2)
+    train_step = make_train_step(model, recipe_args(), torch.device("cpu"))
+    group = train_step.optimizer.param_groups[0]
+    assert type(train_step.optimizer) is torch.optim.AdamW and group["initial_lr"] == 0.1
+    assert group["weight_decay"] == 0.03 and group["betas"] == (0.9, 0.999)
+    assert train_step.grad_clip == 0.7 and train_step.grad_accum == 1 and train_step.ddp is None
+    assert not train_step.scaler.is_enabled()
+    assert isinstance(train_step.ema, EMA) and train_step.ema.decay == 0.9 and train_step.ema.source is model
+    # warm-up over --warmup, then cosine down to 1 % of --lr at --steps
+    assert lrs(train_step, 11) == pytest.approx([0.05] + [0.001 + 0.099 * 0.5 * (1 + math.cos(math.pi * t / 8))
+                                                         for t in (0, 0, 1, 2, 3, 4, 5, 6, 7, 8)])
+    assert make_train_step(model, recipe_args(ema=0.0), torch.device("cpu")).ema is None
+    assert make_train_step(model, recipe_args(amp="fp16"), torch.device("cpu")).scaler.is_enabled()
+    assert make_train_step(model, recipe_args(grad_accum=3), torch.device("cpu")).grad_accum == 3
+
+
+def test_make_train_step_keywords_override_the_flags():
+    model = nn.Linear(2, 2)
+    extra = nn.Parameter(torch.zeros(1))
+    train_step = make_train_step(model, recipe_args(), torch.device("cpu"), lr=0.2, total_steps=4, weight_decay=0.0,
+                                 betas=(0.5, 0.6), warmup=0, grad_clip=0.0, ema=False, min_lr_ratio=0.5,
+                                 extra_groups=[{"params": [extra], "lr": 1.0}])
+    group = train_step.optimizer.param_groups[0]
+    assert group["weight_decay"] == 0.0 and group["betas"] == (0.5, 0.6)
+    assert train_step.grad_clip == 0.0 and train_step.ema is None
+    assert train_step.optimizer.param_groups[1]["params"] == [extra]
+    assert lrs(train_step, 5) == pytest.approx([0.2, 0.2 * (0.5 + 0.5 * 0.5 * (1 + math.cos(math.pi / 4))), 0.15,
+                                                0.2 * (0.5 + 0.5 * 0.5 * (1 + math.cos(3 * math.pi / 4))), 0.1])
+    constant = make_train_step(model, recipe_args(), torch.device("cpu"),
+                               scheduler=lambda optimizer: torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 0.25))
+    assert lrs(constant, 3) == pytest.approx([0.025] * 3)
+    milestones = make_train_step(model, schedule_args("--milestones", "0.5"), torch.device("cpu"), total_steps=4)
+    assert lrs(milestones, 4) == pytest.approx([1, 1, 0.5, 0.5])
+
+
+def test_make_train_step_refuses_an_unknown_schedule():
+    with pytest.raises(ValueError, match="--schedule must be one of cosine, multistep, got 'linear'"):
+        make_train_step(nn.Linear(2, 2), recipe_args(schedule="linear"), torch.device("cpu"))
