@@ -67,3 +67,58 @@ def test_a_streak_within_a_logging_interval_is_caught_after_good_steps_follow():
         train_step(loss * float("nan") if bad else loss)
     with pytest.raises(NonFiniteLossError, match="2 steps in a row"):
         train_step.check()
+
+
+def grads_at_optimizer_steps(train_step):
+    """A copy of every gradient the optimizer steps with, per step (recorded by a step pre-hook)."""
+    grads = []
+    train_step.optimizer.register_step_pre_hook(
+        lambda optimizer, args, kwargs: grads.append([p.grad.clone() for p in train_step.params]))
+    return grads
+
+
+@pytest.mark.parametrize("grad_accum", [2, 3])
+def test_accumulated_micro_batches_step_once_with_the_gradient_of_their_mean_loss(grad_accum):
+    torch.manual_seed(0)
+    model = nn.Conv2d(3, 3, 3, padding=1)
+    batches = [torch.rand(1, 3, 6, 6) for _ in range(grad_accum)]
+    model.zero_grad()
+    torch.stack([(model(x) - 1).square().mean() for x in batches]).mean().backward()
+    expected = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad(set_to_none=True)
+    optimizer = build_optimizer(model, lr=1e-3, weight_decay=0.0)
+    train_step = TrainStep(optimizer, cosine_with_warmup(optimizer, 1, 20), make_grad_scaler("none", torch.device("cpu")),
+                           grad_accum=grad_accum)
+    grads = grads_at_optimizer_steps(train_step)
+    for step in range(2):
+        for index, x in enumerate(batches):
+            train_step((model(x) - 1).square().mean())
+            assert train_step.stepped == (index == grad_accum - 1)
+        assert len(grads) == step + 1
+    for grad, want in zip(grads[0], expected):
+        torch.testing.assert_close(grad, want)
+
+
+def test_a_bad_loss_in_any_micro_batch_counts_its_step_as_bad():
+    model = nn.Conv2d(3, 3, 1)
+    optimizer = build_optimizer(model, lr=1e-3, weight_decay=0.0)
+    train_step = TrainStep(optimizer, cosine_with_warmup(optimizer, 1, 20), make_grad_scaler("none", torch.device("cpu")),
+                           max_bad_steps=2, grad_accum=3)
+    x = torch.rand(1, 3, 4, 4)
+
+    def micro_batch(bad):  # a NaN loss value whose gradient is finite: only the loss guard can see it
+        loss = (model(x) - x).abs().mean()
+        train_step(loss + torch.tensor(float("nan")) if bad else loss)
+    before = [p.detach().clone() for p in model.parameters()]
+    for bad in (True, False, False):
+        micro_batch(bad)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # the bad step was skipped
+    # good, bad (in a middle micro-batch), good: no streak of 2, as the marks of a bad step end with it
+    for bad in (False, False, False, False, True, False, False, False, False):
+        micro_batch(bad)
+    train_step.check()
+    for bad in (True, False, False, False, True, False):
+        micro_batch(bad)
+    with pytest.raises(NonFiniteLossError, match="lower --lr, use --amp bf16 or none instead of fp16, or check the "
+                                                  "data for corrupt images$"):
+        train_step.check()
