@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from utils.checkpoint import CheckpointError, build_model, load_pretrained, model_spec, save_checkpoint
+from utils.checkpoint import CheckpointError, build_model, load_checkpoint, load_pretrained, model_spec, save_checkpoint
 from models.padding import pad_to_multiple
 from utils.tiling import _blend_ramp, tiled_forward
 from utils.training import (EMA, LossTracker, NonFiniteLossError, TrainingState, TrainStep, amp_dtype, autocast,
@@ -355,3 +355,93 @@ def test_find_ddp_finds_the_ddp_wrapper_under_a_compile_wrapper():
     assert find_ddp(SimpleNamespace(_orig_mod=ddp)) is ddp
     assert find_ddp(SimpleNamespace(_orig_mod=TinyNet())) is None
     assert find_ddp(TinyNet()) is None
+
+
+def _state_with_a_second_network(seed, width=4, amp="fp16", extra_modules=True):
+    torch.manual_seed(seed)
+    model, disc = TinyNet(), TinyNet(width)
+    _, _, _, train_step = _step_pieces(model, amp=amp)
+    _, _, _, disc_step = _step_pieces(disc, amp=amp)
+    modules = {"disc": disc, "disc_step": disc_step} if extra_modules else None
+    state = TrainingState(model=model, train_step=train_step, config={"model": model_spec(model, {"width": 4})},
+                          extra_modules=modules)
+    return model, disc, train_step, disc_step, state
+
+
+def test_training_state_restores_a_second_network_its_step_the_fp16_scale_and_extra_values(tmp_path):
+    model, disc, train_step, disc_step, state = _state_with_a_second_network(0)
+    x = torch.rand(1, 3, 8, 8)
+    for _ in range(2):
+        train_step((model(x) - x).abs().mean())
+        disc_step(disc(x).abs().mean())
+    train_step.scaler.update(new_scale=8.0)
+    disc_step.scaler.update(new_scale=4.0)
+    state.save(tmp_path / "last.pt", step=2, extra={"best_psnr": 30.5})
+    assert set(load_checkpoint(tmp_path / "last.pt")["extra"]["modules"]) == {"disc", "disc_step"}
+    model2, disc2, train_step2, disc_step2, state2 = _state_with_a_second_network(1)
+    assert state2.resume(tmp_path / "last.pt") == (2, {"best_psnr": 30.5})
+    for a, b in [(model, model2), (disc, disc2)]:
+        for p, q in zip(a.state_dict().values(), b.state_dict().values()):
+            assert torch.equal(p, q)
+    assert train_step2.scaler.get_scale() == 8.0 and disc_step2.scaler.get_scale() == 4.0
+    assert disc_step2.scheduler.last_epoch == disc_step.scheduler.last_epoch == 2
+    saved, resumed = disc_step.optimizer.state_dict()["state"], disc_step2.optimizer.state_dict()["state"]
+    assert saved.keys() == resumed.keys() and all(torch.equal(saved[k]["exp_avg"], resumed[k]["exp_avg"]) for k in saved)
+
+
+def test_resume_refuses_a_checkpoint_without_the_second_network_or_with_another_shape(tmp_path):
+    *_, single = _state_with_a_second_network(0, extra_modules=False)
+    single.save(tmp_path / "single.pt", step=1)
+    *_, state = _state_with_a_second_network(0)
+    with pytest.raises(CheckpointError, match="single.pt holds no state for disc, disc_step: it was written by a "
+                                              "different training script$"):
+        state.resume(tmp_path / "single.pt")
+    state.save(tmp_path / "narrow.pt", step=1)
+    *_, wider = _state_with_a_second_network(0, width=6)
+    with pytest.raises(CheckpointError, match=r"^cannot resume from .*narrow\.pt: Error\(s\) in loading"):
+        wider.resume(tmp_path / "narrow.pt")
+
+
+def test_resume_across_ema_and_amp_choices(tmp_path):
+    def run(ema, amp):
+        torch.manual_seed(0)
+        model = TinyNet()
+        args = SimpleNamespace(lr=1e-2, weight_decay=0.0, warmup=1, steps=4, amp=amp, grad_clip=0.0, ema=ema)
+        train_step = make_train_step(model, args, torch.device("cpu"))
+        return model, TrainingState(model=model, train_step=train_step, config={"model": model_spec(model, {"width": 4})})
+    model, state = run(ema=0.9, amp="fp16")
+    state.train_step(model(torch.rand(1, 3, 8, 8)).abs().mean())
+    state.scaler.update(new_scale=8.0)
+    state.save(tmp_path / "ema_fp16.pt", step=1)
+    plain_model, plain = run(ema=0.0, amp="none")
+    assert plain.resume(tmp_path / "ema_fp16.pt")[0] == 1  # a run without EMA or loss scaling
+    assert all(torch.equal(p, q) for p, q in zip(plain_model.parameters(), model.parameters()))
+    plain.save(tmp_path / "plain.pt", step=1)
+    _, state = run(ema=0.9, amp="fp16")
+    assert state.resume(tmp_path / "plain.pt")[0] == 1 and state.scaler.get_scale() == 65536.0  # the initial scale
+
+
+@pytest.mark.parametrize("payload", [{"optimizer": {}}, {"step": 1}, [1, 2]])
+def test_resume_refuses_what_is_not_a_training_checkpoint(tmp_path, payload):
+    model = TinyNet()
+    *_, train_step = _step_pieces(model)
+    state = TrainingState(model=model, train_step=train_step, config={"model": model_spec(model, {"width": 4})})
+    torch.save(payload, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match=r"other\.pt is not a training checkpoint of this codebase "
+                                              r"\(to start from published weights use --pretrained\)$"):
+        state.resume(tmp_path / "other.pt")
+
+
+def test_resume_names_both_models_when_they_differ(tmp_path):
+    other = TinyNet(width=6)
+    *_, other_step = _step_pieces(other)
+    other_spec = model_spec(other, {"width": 6})
+    TrainingState(model=other, train_step=other_step, config={"model": other_spec}).save(tmp_path / "o.pt", step=1)
+    model = TinyNet()
+    *_, train_step = _step_pieces(model)
+    spec = model_spec(model, {"width": 4})
+    state = TrainingState(model=model, train_step=train_step, config={"model": spec})
+    with pytest.raises(CheckpointError) as error:
+        state.resume(tmp_path / "o.pt")
+    assert str(error.value).endswith(f"trained with model {other_spec}, but this run builds {spec}; pass the same "
+                                     "model flags to resume")
