@@ -1,5 +1,7 @@
 """utils/training.py TrainStep as a user relies on it: the gradient the optimizer steps with is
 clipped to --grad-clip, and the non-finite guard stops only on consecutive bad losses."""
+from types import SimpleNamespace
+
 import pytest
 import torch
 from torch import nn
@@ -122,3 +124,51 @@ def test_a_bad_loss_in_any_micro_batch_counts_its_step_as_bad():
     with pytest.raises(NonFiniteLossError, match="lower --lr, use --amp bf16 or none instead of fp16, or check the "
                                                   "data for corrupt images$"):
         train_step.check()
+
+
+def test_train_step_defaults_neither_clip_nor_accumulate_and_stop_after_five_bad_losses():
+    weight = nn.Parameter(torch.ones(1))  # a single learned tensor (e.g. a loss's weight) is enough
+    optimizer = build_optimizer(nn.Module(), lr=1e-3, weight_decay=0.0, extra_groups=[{"params": [weight]}])
+    train_step = TrainStep(optimizer, cosine_with_warmup(optimizer, 1, 20), make_grad_scaler("none", torch.device("cpu")))
+    assert not train_step.stepped and train_step.grad_norm.item() == 0.0  # nothing stepped yet
+    norms = norms_at_optimizer_steps(train_step)
+    train_step((weight * 100).sum())
+    assert train_step.stepped and norms == [pytest.approx(100.0)]  # not clipped
+    for _ in range(4):
+        train_step((weight * float("nan")).sum())
+    train_step.check()
+    for _ in range(5):
+        train_step((weight * float("nan")).sum())
+    with pytest.raises(NonFiniteLossError, match="5 steps in a row"):
+        train_step.check()
+
+
+def test_train_step_keeps_its_guard_on_the_parameters_device():
+    weight = nn.Parameter(torch.ones(2, device="meta"))  # a device other than the default one
+    optimizer = torch.optim.SGD([weight], lr=0.1)
+    train_step = TrainStep(optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0),
+                           make_grad_scaler("none", torch.device("cpu")))
+    counters = (train_step.bad_streak, train_step.worst_streak, train_step.grad_norm, train_step.bad_micro_batch)
+    assert {tensor.device.type for tensor in counters} == {"meta"}
+
+
+def test_grad_accum_below_one_is_refused():
+    optimizer = build_optimizer(nn.Linear(1, 1), lr=1e-3, weight_decay=0.0)
+    with pytest.raises(ValueError, match="^--grad-accum must be >= 1, got 0$"):
+        TrainStep(optimizer, cosine_with_warmup(optimizer, 1, 2), make_grad_scaler("none", torch.device("cpu")),
+                  grad_accum=0)
+
+
+@pytest.mark.parametrize("grad_accum", [1, 3])
+def test_ddp_all_reduces_only_in_the_last_micro_batch_of_a_step(grad_accum):
+    model = nn.Linear(2, 1)
+    optimizer = build_optimizer(model, lr=1e-3, weight_decay=0.0)
+    ddp = SimpleNamespace(require_backward_grad_sync=None)  # the flag DDP's forward reads
+    train_step = TrainStep(optimizer, cosine_with_warmup(optimizer, 1, 20), make_grad_scaler("none", torch.device("cpu")),
+                           grad_accum=grad_accum, ddp=ddp)
+    flags = [ddp.require_backward_grad_sync]
+    for _ in range(2 * grad_accum):
+        train_step(model(torch.ones(1, 2)).sum())
+        flags.append(ddp.require_backward_grad_sync)
+    last = [index % grad_accum == grad_accum - 1 for index in range(2 * grad_accum + 1)]
+    assert flags == last

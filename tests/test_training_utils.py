@@ -445,3 +445,30 @@ def test_resume_names_both_models_when_they_differ(tmp_path):
         state.resume(tmp_path / "o.pt")
     assert str(error.value).endswith(f"trained with model {other_spec}, but this run builds {spec}; pass the same "
                                      "model flags to resume")
+
+
+def _schedule_lrs(steps, *args, **kwargs):
+    optimizer = torch.optim.SGD(nn.Linear(1, 1).parameters(), lr=1.0)
+    scheduler = cosine_with_warmup(optimizer, *args, **kwargs)
+    values = []
+    for _ in range(steps):
+        values.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return values
+
+
+def test_cosine_with_warmup_ends_at_one_percent_by_default_and_stays_there():
+    values = _schedule_lrs(8, 1, 5)
+    assert values[1] == pytest.approx(1.0) and values[5:] == pytest.approx([0.01] * 3)
+    assert _schedule_lrs(4, 0, 1, min_lr_ratio=0.0) == pytest.approx([1.0, 0.0, 0.0, 0.0])  # a one-step decay
+    assert _schedule_lrs(3, 2, 2, min_lr_ratio=0.0) == pytest.approx([0.5, 1.0, 1.0])  # warm-up only: no decay
+
+
+def test_ema_of_a_bare_normalisation_layer_copies_its_running_statistics():
+    norm = nn.BatchNorm2d(3).train()
+    ema = EMA(norm, decay=0.9)
+    for step in range(2):
+        norm(torch.rand(2, 3, 4, 4) + step)
+        ema.update()
+        torch.testing.assert_close(ema.module.running_mean, norm.running_mean)

@@ -38,6 +38,17 @@ EQUIVALENT = {
         "both callers drop hidden names first (_visible_children, the hidden-part check): _is_image's never decides",
     "data.pairs.x__manifest_pairs__mutmut_6": 'encoding "UTF-8" is "utf-8": codec names are case-insensitive',
     "data.pairs.x_resolve_datasets_pairs__mutmut_9": 'dropping flag="--data": discover_pairs\' default is "--data"',
+    **{f"utils.training.xǁTrainStepǁ__call____mutmut_{n}": "also dividing the loss by grad_accum == 1: loss / 1 "
+       "is the loss exactly" for n in (3, 4)},
+    "utils.training.xǁEMAǁ__init____mutmut_16": 'getattr(module, "track_running_stats", None): None is falsy like False',
+    "utils.training.xǁEMAǁ__init____mutmut_23": "named_buffers(recurse=None): None is falsy like False",
+    "utils.training.xǁEMAǁ__init____mutmut_24":
+        "named_buffers(recurse=True) of a normalisation layer: those (the modules with track_running_stats) have no "
+        "submodules",
+    "utils.training.x_make_grad_scaler__mutmut_1":
+        "GradScaler(None): the scaler reads its device only to disable itself when CUDA is asked for and missing",
+    **{f"utils.training.xǁTrainingStateǁresume__mutmut_{n}": 'checkpoint.get("extra") without a default: every '
+       'checkpoint writer (save_checkpoint, the sharded and DeepSpeed states) stores "extra"' for n in (32, 34)},
     "utils.metrics.x_masked_psnr__mutmut_15": "mask.shape[+2:] of a mask already checked to be 4-D is shape[-2:]",
     "utils.metrics.x_masked_psnr__mutmut_18": "pred.shape[+2:] of a 4-D (N, C, H, W) prediction is shape[-2:]",
     "utils.metrics.x_masked_psnr__mutmut_23": "the same pred.shape[+2:] in the error message",
