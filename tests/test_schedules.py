@@ -182,3 +182,17 @@ def test_make_train_step_keywords_override_the_flags():
 def test_make_train_step_refuses_an_unknown_schedule():
     with pytest.raises(ValueError, match="--schedule must be one of cosine, multistep, got 'linear'"):
         make_train_step(nn.Linear(2, 2), recipe_args(schedule="linear"), torch.device("cpu"))
+
+
+class WrappedForDDP(nn.parallel.DistributedDataParallel):
+    """Stands for a DistributedDataParallel wrapper (a real one needs a process group)."""
+
+    def __init__(self, module):
+        nn.Module.__init__(self)
+        self.module = module
+
+
+def test_make_train_step_finds_the_ddp_wrapper_to_skip_all_reduces_while_accumulating():
+    wrapped = WrappedForDDP(nn.Linear(2, 2))
+    train_step = make_train_step(wrapped, recipe_args(grad_accum=2), torch.device("cpu"))
+    assert train_step.ddp is wrapped and wrapped.require_backward_grad_sync is False
