@@ -172,3 +172,33 @@ def test_ddp_all_reduces_only_in_the_last_micro_batch_of_a_step(grad_accum):
         flags.append(ddp.require_backward_grad_sync)
     last = [index % grad_accum == grad_accum - 1 for index in range(2 * grad_accum + 1)]
     assert flags == last
+
+
+def test_two_micro_batch_steps_count_a_bad_first_micro_batch_and_free_the_gradients():
+    model = nn.Conv2d(3, 3, 1)
+    optimizer = build_optimizer(model, lr=1e-3, weight_decay=0.0)
+    train_step = TrainStep(optimizer, cosine_with_warmup(optimizer, 1, 20), make_grad_scaler("none", torch.device("cpu")),
+                           max_bad_steps=2, grad_accum=2)
+    x = torch.rand(1, 3, 4, 4)
+    for bad in (True, False, True, False):
+        loss = (model(x) - x).abs().mean()
+        train_step(loss + torch.tensor(float("nan")) if bad else loss)
+        assert all((p.grad is None) == train_step.stepped for p in model.parameters())
+    with pytest.raises(NonFiniteLossError, match="2 steps in a row"):
+        train_step.check()
+
+
+def test_train_step_state_holds_the_scale_of_fp16_only():
+    def step_for(amp):
+        model = nn.Linear(2, 1)
+        train_step = train_step_for(model, amp)
+        train_step(model(torch.ones(1, 2)).sum())
+        return train_step
+    fp16, plain = step_for("fp16"), step_for("none")
+    fp16.scaler.update(new_scale=8.0)
+    assert plain.state_dict()["scaler"] is None and fp16.state_dict()["scaler"]["scale"] == 8.0
+    resumed = step_for("fp16")
+    resumed.load_state_dict(plain.state_dict())  # a run that switches to fp16 starts from the initial scale
+    assert resumed.scaler.get_scale() == 65536.0
+    resumed.load_state_dict(fp16.state_dict())
+    assert resumed.scaler.get_scale() == 8.0

@@ -472,3 +472,15 @@ def test_ema_of_a_bare_normalisation_layer_copies_its_running_statistics():
         norm(torch.rand(2, 3, 4, 4) + step)
         ema.update()
         torch.testing.assert_close(ema.module.running_mean, norm.running_mean)
+
+
+def test_training_state_saves_a_wrapped_second_network_as_its_plain_module(tmp_path):
+    model, disc, train_step, disc_step, _ = _state_with_a_second_network(0, amp="none")
+    state = TrainingState(model=model, train_step=train_step, config={"model": model_spec(model, {"width": 4})},
+                          extra_modules={"disc": nn.DataParallel(disc)})
+    state.save(tmp_path / "last.pt", step=1)
+    assert set(load_checkpoint(tmp_path / "last.pt")["extra"]["modules"]["disc"]) == set(disc.state_dict())
+    model2, disc2, train_step2, *_ = _state_with_a_second_network(1, amp="none")
+    TrainingState(model=model2, train_step=train_step2, config={"model": model_spec(model2, {"width": 4})},
+                  extra_modules={"disc": disc2}).resume(tmp_path / "last.pt")
+    assert all(torch.equal(p, q) for p, q in zip(disc.parameters(), disc2.parameters()))

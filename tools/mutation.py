@@ -39,7 +39,21 @@ EQUIVALENT = {
     "data.pairs.x__manifest_pairs__mutmut_6": 'encoding "UTF-8" is "utf-8": codec names are case-insensitive',
     "data.pairs.x_resolve_datasets_pairs__mutmut_9": 'dropping flag="--data": discover_pairs\' default is "--data"',
     **{f"utils.training.xǁTrainStepǁ__call____mutmut_{n}": "also dividing the loss by grad_accum == 1: loss / 1 "
-       "is the loss exactly" for n in (3, 4)},
+       "is the loss exactly" for n in (3, 5)},
+    "utils.training.xǁTrainStepǁ__call____mutmut_21":
+        "also merging the micro-batch marks when grad_accum == 1: max(0, bad) is bad, and the reset keeps them 0",
+    "utils.training.xǁTrainStepǁ__call____mutmut_40": 'float("INF") is float("inf")',
+    **{f"utils.training.xǁTrainStepǁ__call____mutmut_{n}": "clip_grad_norm_'s foreach only picks the kernel (one "
+       "launch for all tensors or one each): the same norm and clipped gradients" for n in (44, 47, 48)},
+    "utils.training.x__stateful__mutmut_2": "unwrap_model of a non-module stateful object (a TrainStep, an optimizer) "
+        "returns it as it is: they have no .module or ._orig_mod",
+    # the lr scheduler calls lr_at from step 0, and every period list starts at 0
+    **{f"utils.training.x_cosine_restarts__mutmut_{n}": "next()'s default: some period always starts at or before "
+       "the step (the first starts at 0)" for n in (23, 25, 29)},
+    "utils.training.x_cosine_restarts__mutmut_1": "warm-up default 1 instead of 0: a 1-step warm-up scales step 0 by "
+        "(0 + 1) / 1, i.e. not at all",
+    "utils.training.x_cosine_restarts__mutmut_62": "no warm-up factor when warmup_steps == 1: it would be "
+        "min(1, (step + 1) / 1) = 1",
     "utils.training.xǁEMAǁ__init____mutmut_16": 'getattr(module, "track_running_stats", None): None is falsy like False',
     "utils.training.xǁEMAǁ__init____mutmut_23": "named_buffers(recurse=None): None is falsy like False",
     "utils.training.xǁEMAǁ__init____mutmut_24":
