@@ -1,3 +1,4 @@
+import json
 import math
 import random
 from types import SimpleNamespace
@@ -7,7 +8,11 @@ import pytest
 import torch
 from torch import nn
 
-from utils.checkpoint import CheckpointError, build_model, load_checkpoint, load_pretrained, model_spec, save_checkpoint
+from safetensors.torch import save_file
+
+from utils.checkpoint import (EXPORT_FORMAT, CheckpointError, build_model, load_checkpoint, load_exported,
+                              load_pretrained, load_pretrained_expanding, model_spec, read_export_config,
+                              save_checkpoint)
 from models.padding import pad_to_multiple
 from utils.tiling import _blend_ramp, tiled_forward
 from utils.training import (EMA, LossTracker, NonFiniteLossError, TrainingState, TrainStep, amp_dtype, autocast,
@@ -484,3 +489,75 @@ def test_training_state_saves_a_wrapped_second_network_as_its_plain_module(tmp_p
     TrainingState(model=model2, train_step=train_step2, config={"model": model_spec(model2, {"width": 4})},
                   extra_modules={"disc": disc2}).resume(tmp_path / "last.pt")
     assert all(torch.equal(p, q) for p, q in zip(disc.parameters(), disc2.parameters()))
+
+
+class EmbedNet(nn.Module):
+    """A network whose input convolution sits where load_pretrained_expanding widens it by default."""
+
+    def __init__(self, in_channels=3, width=4):
+        super().__init__()
+        self.patch_embed = nn.Module()
+        self.patch_embed.proj = nn.Conv2d(in_channels, width, 3, padding=1)
+        self.head = nn.Conv2d(width, 3, 1)
+
+
+@pytest.mark.parametrize("zero_init", [True, False])
+def test_load_pretrained_expanding_widens_the_input_convolution(tmp_path, capsys, zero_init):
+    source, model = EmbedNet(3), EmbedNet(5)
+    torch.save({"params": source.state_dict()}, tmp_path / "rgb.pth")
+    fresh = model.patch_embed.proj.weight.detach().clone()
+    assert load_pretrained_expanding(model, tmp_path / "rgb.pth", zero_init_extra_channels=zero_init) == ([], [])
+    weight = model.patch_embed.proj.weight.detach()
+    assert torch.equal(weight[:, :3], source.patch_embed.proj.weight.detach())
+    assert torch.equal(weight[:, 3:], torch.zeros_like(weight[:, 3:]) if zero_init else fresh[:, 3:])
+    assert torch.equal(model.head.weight, source.head.weight)
+    init = "zeros" if zero_init else "random"
+    assert capsys.readouterr().out == (f"pretrained {tmp_path / 'rgb.pth'}: patch_embed.proj.weight expanded from 3 "
+                                       f"to 5 input channels ({init} for the extra ones)\n")
+
+
+def test_load_pretrained_expanding_loads_a_fitting_file_silently_and_names_what_does_not_fit(tmp_path, capsys):
+    source = EmbedNet(3)
+    torch.save(source.state_dict(), tmp_path / "same.pth")
+    model = EmbedNet(3)
+    load_pretrained_expanding(model, tmp_path / "same.pth")
+    assert torch.equal(model.patch_embed.proj.weight, source.patch_embed.proj.weight)
+    assert capsys.readouterr().out == ""
+    torch.save({"stem.weight": torch.zeros(4, 3, 3, 3)}, tmp_path / "stem.pth")
+    wide = nn.Module()
+    wide.stem = nn.Conv2d(5, 4, 3, bias=False)
+    load_pretrained_expanding(wide, tmp_path / "stem.pth", key="stem.weight")
+    assert wide.stem.weight.abs().sum() == 0  # widened under the key given, extra channels zero
+    torch.save(EmbedNet(3, width=6).state_dict(), tmp_path / "wider.pth")
+    with pytest.raises(CheckpointError, match=r"^--pretrained .*wider\.pth: weights in <dict> do not fit EmbedNet: "):
+        load_pretrained_expanding(EmbedNet(5), tmp_path / "wider.pth")
+
+
+def test_read_export_config_needs_the_export_config_next_to_the_file(tmp_path):
+    weights = tmp_path / "model.safetensors"
+    with pytest.raises(CheckpointError, match=r"model\.safetensors has no config\.json next to it: enhance needs the "
+                                              r"config that export\.py writes \(architecture, input features, "
+                                              r"preprocessing\)$"):
+        read_export_config(weights)
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match=r"^cannot read .*config\.json: JSONDecodeError: "):
+        read_export_config(weights)
+    for config in ([1], {"format": "other", "model": {}}, {"format": EXPORT_FORMAT}):
+        (tmp_path / "config.json").write_text(json.dumps(config))
+        with pytest.raises(CheckpointError, match=r"config\.json is not an export config \(format rehdr-export-v1 "
+                                                  r"with a 'model'\)$"):
+            read_export_config(weights)
+
+
+def test_load_exported_reads_the_weights_and_config_as_a_checkpoint(tmp_path):
+    model = TinyNet()
+    save_file(model.state_dict(), tmp_path / "model.safetensors")
+    config = {"format": EXPORT_FORMAT, "model": model_spec(model, {"width": 4}), "step": 7}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    checkpoint = load_exported(tmp_path / "model.safetensors")
+    assert checkpoint["format"] == EXPORT_FORMAT and checkpoint["config"] == config and checkpoint["step"] == 7
+    assert checkpoint["model"].keys() == model.state_dict().keys()
+    assert all(torch.equal(checkpoint["model"][k], v) for k, v in model.state_dict().items())
+    del config["step"]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert load_exported(tmp_path / "model.safetensors")["step"] is None
