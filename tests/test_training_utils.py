@@ -1,6 +1,7 @@
 import json
 import math
 import random
+import warnings
 from types import SimpleNamespace
 
 import numpy as np
@@ -12,7 +13,7 @@ from safetensors.torch import save_file
 
 from utils.checkpoint import (EXPORT_FORMAT, CheckpointError, build_model, load_checkpoint, load_exported,
                               load_pretrained, load_pretrained_expanding, model_spec, read_export_config,
-                              save_checkpoint)
+                              read_sharded_weights, save_checkpoint)
 from models.padding import pad_to_multiple
 from utils.tiling import _blend_ramp, tiled_forward
 from utils.training import (EMA, LossTracker, NonFiniteLossError, TrainingState, TrainStep, amp_dtype, autocast,
@@ -561,3 +562,21 @@ def test_load_exported_reads_the_weights_and_config_as_a_checkpoint(tmp_path):
     del config["step"]
     (tmp_path / "config.json").write_text(json.dumps(config))
     assert load_exported(tmp_path / "model.safetensors")["step"] is None
+
+
+def test_a_sharded_checkpoint_reads_back_as_full_model_weights(tmp_path):
+    import torch.distributed.checkpoint as dcp
+    model = TinyNet()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "torch.distributed is disabled": one process writes every shard
+        dcp.save({"model": model.state_dict(), "optim": {"lr": torch.ones(2)}}, checkpoint_id=str(tmp_path / "shards"),
+                 no_dist=True)
+    weights = read_sharded_weights(tmp_path / "shards")
+    assert weights.keys() == model.state_dict().keys()  # the model's entries only, without their prefix
+    assert all(torch.equal(weights[k], v) for k, v in model.state_dict().items())
+    torch.save({"step": 3, "sharded": "shards", "model": None}, tmp_path / "last.pt")
+    checkpoint = load_checkpoint(tmp_path)
+    assert all(torch.equal(checkpoint["model"][k], v) for k, v in model.state_dict().items())
+    assert load_checkpoint(tmp_path / "last.pt", assemble_shards=False)["model"] is None
+    with pytest.raises(CheckpointError, match=r"^sharded checkpoint folder not found or incomplete: .*missing$"):
+        read_sharded_weights(tmp_path / "missing")
