@@ -1,5 +1,6 @@
 import json
 import math
+import os
 import random
 import warnings
 from types import SimpleNamespace
@@ -11,7 +12,8 @@ from torch import nn
 
 from safetensors.torch import save_file
 
-from utils.checkpoint import (EXPORT_FORMAT, CheckpointError, build_model, load_checkpoint, load_exported,
+from utils.checkpoint import (EXPORT_FORMAT, CheckpointError, _read_error, build_model, extract_state_dict,
+                              load_checkpoint, load_exported, refused_globals, rng_state, set_rng_state,
                               load_pretrained, load_pretrained_expanding, model_spec, read_export_config,
                               read_sharded_weights, save_checkpoint)
 from models.padding import pad_to_multiple
@@ -580,3 +582,55 @@ def test_a_sharded_checkpoint_reads_back_as_full_model_weights(tmp_path):
     assert load_checkpoint(tmp_path / "last.pt", assemble_shards=False)["model"] is None
     with pytest.raises(CheckpointError, match=r"^sharded checkpoint folder not found or incomplete: .*missing$"):
         read_sharded_weights(tmp_path / "missing")
+
+
+def test_rng_state_saves_and_restores_the_cuda_generators_only_where_cuda_is(monkeypatch):
+    restored = []
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: ["cuda-state"])
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", restored.append)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    state = rng_state()
+    assert state["cuda"] == ["cuda-state"]
+    set_rng_state(state)
+    assert restored == [["cuda-state"]]
+    set_rng_state({key: value for key, value in state.items() if key != "cuda"})  # written on a CPU machine
+    assert restored == [["cuda-state"]]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert "cuda" not in rng_state()
+    set_rng_state(state)  # a GPU run's checkpoint resumed on a CPU machine
+    assert restored == [["cuda-state"]]
+
+
+def test_saved_checkpoints_carry_the_format_tag(tmp_path):
+    model = TinyNet()
+    save_checkpoint(tmp_path / "c.pt", step=1, model=model, config={})
+    assert load_checkpoint(tmp_path / "c.pt")["format"] == "rehdr-checkpoint-v1"
+
+
+def test_extract_state_dict_prefers_ema_weights_by_default_and_refuses_a_non_dict():
+    plain, ema = {"w": torch.zeros(1)}, {"w": torch.ones(1)}
+    assert extract_state_dict({"params": plain, "params_ema": ema})["w"].item() == 1.0
+    assert extract_state_dict({"params": plain, "params_ema": ema}, prefer_ema=False)["w"].item() == 0.0
+    with pytest.raises(CheckpointError, match="^expected a dict of weights, got list$"):
+        extract_state_dict([plain])
+
+
+def test_read_errors_give_the_unpickler_reason_or_the_first_line_of_the_error():
+    weights_only = RuntimeError("Weights only load failed. Advice.\n WeightsUnpickler error:  Unsupported operand 80\n"
+                                "Check the documentation")
+    assert str(_read_error("a.pt", weights_only)) == "cannot read checkpoint a.pt: RuntimeError: Unsupported operand 80"
+    assert str(_read_error("a.pt", EOFError(" Ran out of input\nsecond line"))) == ("cannot read checkpoint a.pt: "
+                                                                                    "EOFError: Ran out of input")
+    assert str(_read_error("a.pt", EOFError())) == "cannot read checkpoint a.pt: EOFError: "
+
+
+def test_refused_globals_names_what_a_file_would_import(tmp_path):
+    torch.save({"run": os.system, "array": np.zeros(2), "encode": json.dumps}, tmp_path / "code.pt")
+    names = refused_globals(tmp_path / "code.pt", Exception("no name here"))  # numpy's array is allowed
+    assert names == f"json.dumps, {os.system.__module__}.system"
+    (tmp_path / "legacy.pt").write_bytes(b"not a zip file")
+    assert refused_globals(tmp_path / "legacy.pt", Exception("Unsupported global: GLOBAL posix.system was")) == (
+        "posix.system")
+    assert refused_globals(tmp_path / "legacy.pt", Exception("expected a tensor but got <class 'numpy.thing'>")) == (
+        "numpy.thing")
+    assert refused_globals(tmp_path / "legacy.pt", Exception("nothing named")) is None

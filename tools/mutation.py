@@ -63,6 +63,10 @@ EQUIVALENT = {
         "GradScaler(None): the scaler reads its device only to disable itself when CUDA is asked for and missing",
     **{f"utils.training.xǁTrainingStateǁresume__mutmut_{n}": 'checkpoint.get("extra") without a default: every '
        'checkpoint writer (save_checkpoint, the sharded and DeepSpeed states) stores "extra"' for n in (32, 34)},
+    "utils.checkpoint.x_rng_state__mutmut_10": "numpy's key as float64 instead of int64: MT19937 key words are below "
+        "2^32, float64 holds them exactly and set_rng_state casts them back to uint32",
+    "utils.checkpoint.x_set_rng_state__mutmut_8": "np.asarray of a CPU tensor key is its .numpy(): the same array",
+    "utils.checkpoint.x_set_rng_state__mutmut_12": "np.random.set_state casts the key to uint32 itself",
     "utils.metrics.x_masked_psnr__mutmut_15": "mask.shape[+2:] of a mask already checked to be 4-D is shape[-2:]",
     "utils.metrics.x_masked_psnr__mutmut_18": "pred.shape[+2:] of a 4-D (N, C, H, W) prediction is shape[-2:]",
     "utils.metrics.x_masked_psnr__mutmut_23": "the same pred.shape[+2:] in the error message",
@@ -158,6 +162,7 @@ HELP_TEXT = {
     *(f"losses.lpips.x_add_lpips_args__mutmut_{n}" for n in (2, 3, 6, 7, 10, 11, 12, 13, 14)),
     *(f"losses.perceptual.x_add_vgg_args__mutmut_{n}" for n in (2, 3, 6, 7, 10, 11, 12, 13, 14)),
     *(f"losses.delta.x_add_delta_args__mutmut_{n}" for n in (4, 8, 11, 12, 16, 20, 23, 24, 28, 32, 35, 36)),
+    *(f"utils.checkpoint.x_add_trust_flag__mutmut_{n}" for n in (3, 6, 11, 12)),
 }
 
 
