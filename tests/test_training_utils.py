@@ -13,7 +13,8 @@ from torch import nn
 from safetensors.torch import save_file
 
 from utils.checkpoint import (EXPORT_FORMAT, CheckpointError, _read_error, build_model, extract_state_dict,
-                              load_checkpoint, load_exported, refused_globals, rng_state, set_rng_state,
+                              load_checkpoint, load_exported, refused_globals, rename_legacy_keys, rng_state,
+                              set_rng_state,
                               load_pretrained, load_pretrained_expanding, model_spec, read_export_config,
                               read_sharded_weights, save_checkpoint)
 from models.padding import pad_to_multiple
@@ -634,3 +635,36 @@ def test_refused_globals_names_what_a_file_would_import(tmp_path):
     assert refused_globals(tmp_path / "legacy.pt", Exception("expected a tensor but got <class 'numpy.thing'>")) == (
         "numpy.thing")
     assert refused_globals(tmp_path / "legacy.pt", Exception("nothing named")) is None
+
+
+def test_extract_state_dict_without_ema_preference_skips_both_ema_keys_and_names_the_keys_it_knows():
+    plain, ema = {"w": torch.zeros(1)}, {"w": torch.ones(1)}
+    assert extract_state_dict({"ema": ema, "model": plain}, prefer_ema=False)["w"].item() == 0.0
+    assert extract_state_dict({"ema": ema, "model": plain})["w"].item() == 1.0
+    with pytest.raises(CheckpointError, match="^no state_dict found: expected one of the keys params_ema, params, "
+                                              "ema, model, state_dict or a bare state_dict$"):
+        extract_state_dict({"epoch": 3})
+
+
+class RenamedNet(nn.Module):
+    """A model published under an older key naming (``old.*``) as well as the current one (``new.*``)."""
+    checkpoint_key_renames = ((r"^gone\.", "nowhere."), (r"^old\.", "new."))
+
+    def __init__(self):
+        super().__init__()
+        self.new = nn.Linear(2, 2)
+
+
+def test_legacy_key_names_are_mapped_to_the_current_ones(capsys):
+    source = nn.Module()
+    source.old = nn.Linear(2, 2)
+    legacy = dict(source.state_dict(), **{"gone.x": torch.zeros(1)})
+    renamed_state, renamed = rename_legacy_keys(legacy, RenamedNet())
+    assert renamed == [("old.weight", "new.weight"), ("old.bias", "new.bias")]
+    assert set(renamed_state) == {"new.weight", "new.bias", "gone.x"}  # a rename that finds no key leaves it
+    assert rename_legacy_keys(legacy, TinyNet()) == (legacy, [])  # a class without renames
+    model = RenamedNet()
+    load_pretrained(model, source.state_dict())
+    assert torch.equal(model.new.weight, source.old.weight)
+    assert capsys.readouterr().out == ("load_pretrained(<dict>): 2 keys of an older RenamedNet naming mapped to the "
+                                       "current one (e.g. old.weight -> new.weight)\n")
