@@ -668,3 +668,13 @@ def test_legacy_key_names_are_mapped_to_the_current_ones(capsys):
     assert torch.equal(model.new.weight, source.old.weight)
     assert capsys.readouterr().out == ("load_pretrained(<dict>): 2 keys of an older RenamedNet naming mapped to the "
                                        "current one (e.g. old.weight -> new.weight)\n")
+
+
+def test_non_strict_loading_prints_what_did_not_fit_unless_quiet(capsys):
+    model = nn.Linear(2, 2)
+    weights = {"weight": torch.ones(2, 2), "extra": torch.zeros(1)}
+    assert load_pretrained(model, weights, strict=False) == (["bias"], ["extra"])
+    assert torch.equal(model.weight, torch.ones(2, 2))
+    assert capsys.readouterr().out == "load_pretrained(<dict>): 1 missing (e.g. bias); 1 unexpected (e.g. extra)\n"
+    load_pretrained(model, weights, strict=False, verbose=False)
+    assert capsys.readouterr().out == ""
