@@ -13,10 +13,9 @@ from torch import nn
 from safetensors.torch import save_file
 
 from utils.checkpoint import (EXPORT_FORMAT, CheckpointError, _read_error, build_model, extract_state_dict,
-                              load_checkpoint, load_exported, refused_globals, rename_legacy_keys, rng_state,
-                              set_rng_state,
-                              load_pretrained, load_pretrained_expanding, model_spec, read_export_config,
-                              read_sharded_weights, save_checkpoint)
+                              load_checkpoint, load_exported, load_pretrained, load_pretrained_expanding,
+                              load_pretrained_restormer, model_spec, read_export_config, read_sharded_weights,
+                              refused_globals, rename_legacy_keys, rng_state, save_checkpoint, set_rng_state)
 from models.padding import pad_to_multiple
 from utils.tiling import _blend_ramp, tiled_forward
 from utils.training import (EMA, LossTracker, NonFiniteLossError, TrainingState, TrainStep, amp_dtype, autocast,
@@ -678,3 +677,18 @@ def test_non_strict_loading_prints_what_did_not_fit_unless_quiet(capsys):
     assert capsys.readouterr().out == "load_pretrained(<dict>): 1 missing (e.g. bias); 1 unexpected (e.g. extra)\n"
     load_pretrained(model, weights, strict=False, verbose=False)
     assert capsys.readouterr().out == ""
+
+
+def test_load_pretrained_restormer_reads_a_file_into_both_copies_and_names_what_does_not_fit(tmp_path):
+    from models.restormer import Restormer
+    from models.zero_conv import ZeroConvRestormer
+    kwargs = dict(dim=8, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1, heads=[1, 2, 1, 2])
+    restormer = Restormer(**kwargs)
+    torch.save({"params": restormer.state_dict()}, tmp_path / "restormer.pth")
+    model = ZeroConvRestormer(**kwargs)
+    load_pretrained_restormer(nn.DataParallel(model), tmp_path / "restormer.pth")
+    assert torch.equal(model.locked.patch_embed.proj.weight, restormer.patch_embed.proj.weight)
+    assert torch.equal(model.control.patch_embed.proj.weight, restormer.patch_embed.proj.weight)
+    torch.save({"params": Restormer(**dict(kwargs, dim=16)).state_dict()}, tmp_path / "wider.pth")
+    with pytest.raises(CheckpointError, match=r"^weights in .*wider\.pth do not fit Restormer: .*shape mismatch"):
+        load_pretrained_restormer(ZeroConvRestormer(**kwargs), tmp_path / "wider.pth")
