@@ -692,3 +692,10 @@ def test_load_pretrained_restormer_reads_a_file_into_both_copies_and_names_what_
     torch.save({"params": Restormer(**dict(kwargs, dim=16)).state_dict()}, tmp_path / "wider.pth")
     with pytest.raises(CheckpointError, match=r"^weights in .*wider\.pth do not fit Restormer: .*shape mismatch"):
         load_pretrained_restormer(ZeroConvRestormer(**kwargs), tmp_path / "wider.pth")
+
+
+def test_load_pretrained_takes_the_plain_weights_when_told_not_to_prefer_ema():
+    model = nn.Linear(2, 2, bias=False)
+    load_pretrained(model, {"params": {"weight": torch.zeros(2, 2)}, "params_ema": {"weight": torch.ones(2, 2)}},
+                    prefer_ema=False)
+    assert torch.equal(model.weight, torch.zeros(2, 2))
