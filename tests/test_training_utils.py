@@ -699,3 +699,20 @@ def test_load_pretrained_takes_the_plain_weights_when_told_not_to_prefer_ema():
     load_pretrained(model, {"params": {"weight": torch.zeros(2, 2)}, "params_ema": {"weight": torch.ones(2, 2)}},
                     prefer_ema=False)
     assert torch.equal(model.weight, torch.zeros(2, 2))
+
+
+def test_strict_loading_names_a_few_of_each_kind_of_misfit():
+    model = nn.Sequential(*[nn.Linear(2, 2) for _ in range(3)])
+    weights = {"0.weight": torch.zeros(3, 2), "0.bias": torch.zeros(2), **{f"x{i}": torch.zeros(1) for i in range(4)}}
+    with pytest.raises(CheckpointError) as error:
+        load_pretrained(model, weights)
+    assert str(error.value) == ("weights in <dict> do not fit Sequential: 4 missing (e.g. 1.weight, 1.bias, 2.weight); "
+                                "4 unexpected (e.g. x0, x1, x2); 1 shape mismatch (e.g. 0.weight (3, 2) vs model (2, 2))")
+
+
+def test_a_folder_holding_an_export_loads_its_weights(tmp_path):
+    model = TinyNet()
+    save_file(model.state_dict(), tmp_path / "model.safetensors")
+    save_checkpoint(tmp_path / "last.pt", step=1, model=TinyNet(), config={})
+    loaded = load_checkpoint(tmp_path)
+    assert all(torch.equal(loaded[k], v) for k, v in model.state_dict().items())
