@@ -68,6 +68,8 @@ EQUIVALENT = {
     "utils.checkpoint.x_set_rng_state__mutmut_8": "np.asarray of a CPU tensor key is its .numpy(): the same array",
     "utils.checkpoint.x_set_rng_state__mutmut_12": "np.random.set_state casts the key to uint32 itself",
     "utils.checkpoint.x_load_pretrained__mutmut_67": "load_state_dict(strict=None): None is falsy like False",
+    **{name: "dropping strict=True: load_pretrained's strict defaults to True" for name in (
+        "utils.checkpoint.x_load_pretrained_expanding__mutmut_31", "utils.checkpoint.x_load_pretrained_restormer__mutmut_14")},
     "utils.metrics.x_masked_psnr__mutmut_15": "mask.shape[+2:] of a mask already checked to be 4-D is shape[-2:]",
     "utils.metrics.x_masked_psnr__mutmut_18": "pred.shape[+2:] of a 4-D (N, C, H, W) prediction is shape[-2:]",
     "utils.metrics.x_masked_psnr__mutmut_23": "the same pred.shape[+2:] in the error message",
