@@ -101,11 +101,17 @@ def test_accumulated_micro_batches_step_once_with_the_gradient_of_their_mean_los
         torch.testing.assert_close(grad, want)
 
 
-def test_a_bad_loss_in_any_micro_batch_counts_its_step_as_bad():
+def conv_with_accumulating_step(grad_accum: int):
+    """A 1x1 conv and its TrainStep (AdamW, warm-up cosine, no scaler) stopping after 2 bad steps."""
     model = nn.Conv2d(3, 3, 1)
     optimizer = build_optimizer(model, lr=1e-3, weight_decay=0.0)
-    train_step = TrainStep(optimizer, cosine_with_warmup(optimizer, 1, 20), make_grad_scaler("none", torch.device("cpu")),
-                           max_bad_steps=2, grad_accum=3)
+    scaler = make_grad_scaler("none", torch.device("cpu"))
+    return model, TrainStep(optimizer, cosine_with_warmup(optimizer, 1, 20), scaler, max_bad_steps=2,
+                            grad_accum=grad_accum)
+
+
+def test_a_bad_loss_in_any_micro_batch_counts_its_step_as_bad():
+    model, train_step = conv_with_accumulating_step(3)
     x = torch.rand(1, 3, 4, 4)
 
     def micro_batch(bad):  # a NaN loss value whose gradient is finite: only the loss guard can see it
@@ -175,10 +181,7 @@ def test_ddp_all_reduces_only_in_the_last_micro_batch_of_a_step(grad_accum):
 
 
 def test_two_micro_batch_steps_count_a_bad_first_micro_batch_and_free_the_gradients():
-    model = nn.Conv2d(3, 3, 1)
-    optimizer = build_optimizer(model, lr=1e-3, weight_decay=0.0)
-    train_step = TrainStep(optimizer, cosine_with_warmup(optimizer, 1, 20), make_grad_scaler("none", torch.device("cpu")),
-                           max_bad_steps=2, grad_accum=2)
+    model, train_step = conv_with_accumulating_step(2)
     x = torch.rand(1, 3, 4, 4)
     for bad in (True, False, True, False):
         loss = (model(x) - x).abs().mean()
