@@ -100,15 +100,19 @@ def _pointwise(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     return F.linear(x, conv.weight.view(conv.out_channels, conv.in_channels), conv.bias)
 
 
+def _linear_add(residual: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
+    """``residual + F.linear(x, weight, bias)`` on (N, H, W, C) tensors, the sum inside the matmul (addmm)."""
+    out = torch.addmm(residual.reshape(-1, weight.shape[0]), x.reshape(-1, weight.shape[1]), weight.t())
+    if bias is not None:
+        out = out + bias
+    return out.view(residual.shape)
+
+
 def _pointwise_add(residual: torch.Tensor | None, x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
-    """``residual + conv(x)`` for a 1x1 ``conv`` on (N, H, W, C) tensors, the sum inside the matmul (addmm)."""
+    """``residual + conv(x)`` for a 1x1 ``conv`` on (N, H, W, C) tensors (``conv(x)`` when no residual)."""
     if residual is None:
         return _pointwise(x, conv)
-    weight = conv.weight.view(conv.out_channels, conv.in_channels)
-    out = torch.addmm(residual.reshape(-1, conv.out_channels), x.reshape(-1, conv.in_channels), weight.t())
-    if conv.bias is not None:
-        out = out + conv.bias
-    return out.view(residual.shape)
+    return _linear_add(residual, x, conv.weight.view(conv.out_channels, conv.in_channels), conv.bias)
 
 
 def _widen(tensor: torch.Tensor | None, width: int, rows: slice = slice(None)) -> torch.Tensor | None:
@@ -159,11 +163,7 @@ class FeedForward(nn.Module):
                                    _widen(self.dwconv.bias, width, half), padding=1, groups=width).permute(0, 2, 3, 1))
         gate, value = halves
         weight_out = F.pad(self.project_out.weight.view(-1, hidden), (0, width - hidden))
-        out = torch.addmm(residual.reshape(-1, weight_out.shape[0]), (F.gelu(gate) * value).reshape(-1, width),
-                          weight_out.t())
-        if self.project_out.bias is not None:
-            out = out + self.project_out.bias
-        return out.view(residual.shape)
+        return _linear_add(residual, F.gelu(gate) * value, weight_out, self.project_out.bias)
 
 
 class Attention(nn.Module):
