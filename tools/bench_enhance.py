@@ -227,7 +227,7 @@ def agreement(args) -> None:
 
 
 @torch.no_grad()
-def pipeline(args) -> None:
+def pipeline(args) -> dict:
     """``enhance`` of one photo vs the network forwards inside it (timed by hooks in the same call) and
     vs bare forwards of exactly those tile batches, interleaved in this process: the pipeline's overhead
     (cutting, padding, blending, conversions). The tile overlap's extra pixels are counted separately."""
