@@ -29,6 +29,8 @@ from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# Lines of mutmut's output shown when it fails (the test that failed and its traceback end)
+MUTMUT_LOG_LINES = 30
 KILLED = {1: "killed", 3: "killed", 24: "timeout", -24: "timeout", 152: "timeout", 255: "timeout", 36: "timeout"}
 SURVIVED = {0: "survived", 5: "no tests", 33: "no tests"}
 # Survivors that behave exactly like the original (reviewed by hand with `mutmut show`); the kill rate
@@ -333,18 +335,27 @@ def main(argv=None) -> None:
             command = [sys.executable, "-m", "mutmut", "run", "--max-children", str(args.jobs), *names]
             # one OpenMP / MKL thread: mutmut's forked test workers hang in a multi-threaded pool
             environment = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-            # its own process group, so a timeout also ends mutmut's forked test workers
-            process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, start_new_session=True,
-                                       env=environment)
-            try:
-                process.wait(timeout=args.timeout)
-            except subprocess.TimeoutExpired:
-                print(f"    {path}: stopped after {args.timeout} s; the table counts the mutants tested so far")
-            finally:
-                # also when this tool is interrupted or terminated: mutmut runs in its own session
-                if process.poll() is None:
-                    os.killpg(process.pid, signal.SIGTERM)
-                    process.wait()
+            log = ROOT / "mutants" / "mutmut-run.log"
+            log.parent.mkdir(exist_ok=True)
+            with open(log, "w") as output:
+                # its own process group, so a timeout also ends mutmut's forked test workers
+                process = subprocess.Popen(command, cwd=ROOT, stdout=output, stderr=subprocess.STDOUT,
+                                           start_new_session=True, env=environment)
+                try:
+                    process.wait(timeout=args.timeout)
+                    failed = process.returncode != 0
+                except subprocess.TimeoutExpired:
+                    print(f"    {path}: stopped after {args.timeout} s; the table counts the mutants tested so far")
+                    failed = False
+                finally:
+                    # also when this tool is interrupted or terminated: mutmut runs in its own session
+                    if process.poll() is None:
+                        os.killpg(process.pid, signal.SIGTERM)
+                        process.wait()
+            if failed:
+                # e.g. a covering test fails on the unmutated code, so mutmut cannot map tests to functions
+                tail = "\n".join(log.read_text(errors="replace").splitlines()[-MUTMUT_LOG_LINES:])
+                sys.exit(f"{tail}\nerror: mutmut failed on {path} (exit {process.returncode}); whole log: {log}")
     if args.verify_timeouts:
         for path in paths:
             verify_timeouts(path, args.verify_timeouts)
