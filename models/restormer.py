@@ -215,11 +215,11 @@ class Attention(nn.Module):
         query, key, value = qkv.split(channels, dim=-1)  # (N, pixels, C) views
         per_head = (batch, pixels, heads, head_channels)
         gram = query.view(per_head).permute(0, 2, 3, 1) @ key.view(per_head).transpose(1, 2)  # (N, heads, Ch, Ch)
-        # Sum of squares over the pixels of q and k at once; clamping it at 1e-24 is F.normalize's clamp of
-        # the norm at 1e-12 (vector_norm is not faster: tools/bench_fastpath.py ops).
-        norms = qkv[..., : 2 * channels].square().sum(dim=1).clamp_min(1e-24).sqrt()
-        query_norm = norms[:, :channels].reshape(batch, heads, head_channels, 1)
-        key_norm = norms[:, channels:].reshape(batch, heads, 1, head_channels)
+        # Norms over the pixels as sums of squares; clamping them at 1e-24 is F.normalize's clamp of the norm
+        # at 1e-12 (vector_norm is not faster: tools/bench_fastpath.py ops). Taken of the q and k views,
+        # not of one qkv[..., :2C] slice, whose backward would write a zero-filled (N, pixels, 3C) tensor.
+        query_norm = query.square().sum(dim=1).clamp_min(1e-24).sqrt().reshape(batch, heads, head_channels, 1)
+        key_norm = key.square().sum(dim=1).clamp_min(1e-24).sqrt().reshape(batch, heads, 1, head_channels)
         attention = (gram / (query_norm * key_norm) * self.temperature).softmax(dim=-1)
         weight = self.project_out.weight.view(channels, heads, head_channels).permute(1, 2, 0)  # (heads, Ch, C_out)
         mixing = (attention.transpose(-2, -1) @ weight).reshape(batch, channels, channels)
