@@ -83,7 +83,9 @@ class DropPath(nn.Module):
             return x
         keep = 1.0 - self.drop_prob
         mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
-        return x * mask / keep
+        if keep > 0.0:  # at drop_prob 1 every sample is dropped, and x * 0 / 0 would be NaN
+            mask.div_(keep)
+        return x * mask
 
 
 def drop_path_or_identity(drop_prob: float) -> nn.Module:
