@@ -14,7 +14,7 @@ from data.depth_dataset import DepthCache, DepthPairedDataset, with_precomputed_
 from data.features import FEATURE_SPECS, build_inputs, luminance
 from data.io import read_image
 from data.loaders import train_batches, val_loader
-from models.expand import INPUT_CONV_KEY, expand_input_channels
+from models.expand import INPUT_CONV_KEY, expand_input_channels, expand_to_model
 from models.restormer import Restormer
 from utils.checkpoint import CheckpointError, build_model, load_checkpoint, load_pretrained, load_pretrained_expanding
 from utils.features import (TINY_RANDOM_FOLDER, build_feature_datasets, load_depth_model, model_inputs_for,
@@ -185,6 +185,48 @@ def test_expansion_errors(tmp_path):
     torch.save(state_dict, tmp_path / "rgb.pth")
     with pytest.raises(CheckpointError, match=r"--pretrained .*rgb\.pth: .*shape mismatch"):
         load_pretrained_expanding(other_width, tmp_path / "rgb.pth")
+
+
+def test_expanding_to_the_same_width_returns_the_weights_unchanged():
+    state_dict = tiny_rgb_state_dict().state_dict()
+    same = expand_input_channels(state_dict, 3)
+    assert same is not state_dict and torch.equal(same[INPUT_CONV_KEY], state_dict[INPUT_CONV_KEY])
+
+
+def test_extra_weights_take_the_dtype_of_the_pretrained_weight():
+    state_dict = tiny_rgb_state_dict().state_dict()
+    extra = torch.rand(8, 2, 3, 3, dtype=torch.float64)
+    weight = expand_input_channels(state_dict, 5, extra_weights=extra)[INPUT_CONV_KEY]
+    assert weight.dtype == torch.float32 and weight.shape == (8, 5, 3, 3)
+    assert torch.equal(weight[:, :3], state_dict[INPUT_CONV_KEY]) and torch.equal(weight[:, 3:], extra.float())
+
+
+def test_expand_to_model_zero_fills_by_default():
+    state_dict = tiny_rgb_state_dict().state_dict()
+    weight = expand_to_model(Restormer(inp_channels=6, **TINY_RESTORMER), state_dict)[INPUT_CONV_KEY]
+    assert weight.shape == (8, 6, 3, 3) and not weight[:, 3:].any()
+    assert torch.equal(weight[:, :3], state_dict[INPUT_CONV_KEY])
+
+
+def test_expand_to_model_leaves_weights_it_cannot_widen_for_strict_loading():
+    state_dict = tiny_rgb_state_dict().state_dict()
+    model = Restormer(inp_channels=6, **TINY_RESTORMER)
+    without_key = {k: v for k, v in state_dict.items() if k != INPUT_CONV_KEY}
+    assert expand_to_model(model, without_key) is without_key
+    assert expand_to_model(model, state_dict, key="stem.weight") is state_dict  # the model has no such weight
+    flat = {**state_dict, INPUT_CONV_KEY: torch.rand(8, 3)}  # a linear layer's weight under the conv's name
+    assert expand_to_model(model, flat) is flat
+    assert expand_to_model(Restormer(**TINY_RESTORMER), state_dict) is state_dict  # already fits
+
+
+def test_expand_to_model_counts_input_channels_not_kernel_size():
+    torch.manual_seed(0)
+    pretrained = torch.nn.Sequential(torch.nn.Conv2d(2, 4, 1)).state_dict()
+    model = torch.nn.Sequential(torch.nn.Conv2d(5, 4, 1))
+    fresh = model.state_dict()["0.weight"].clone()
+    weight = expand_to_model(model, pretrained, zero_init_extra_channels=False, key="0.weight")["0.weight"]
+    assert weight.shape == (4, 5, 1, 1)
+    assert torch.equal(weight[:, :2], pretrained["0.weight"]) and torch.equal(weight[:, 2:], fresh[:, 2:])
 
 
 def test_pretrained_flag_starts_a_script_from_the_rgb_weights(tiny_pairs, tmp_path):
