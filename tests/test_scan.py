@@ -139,3 +139,124 @@ def test_reference_loop_matches_the_recurrence_by_hand():
     expected = torch.tensor([[[3.0 * h0 + 0.2, 0.5 * h1 + 0.3]]])
     for scan in (selective_scan_naive, selective_scan_torch):
         torch.testing.assert_close(scan(u, delta, A, B, C, D), expected)
+
+
+def ss2d_by_directions(block, x):
+    """SS2D's forward spelled out one scan direction at a time: each of the four orders (row-major,
+    column-major, both reversed) is gathered, scanned with its own projections by the reference loop,
+    and scattered back to row-major positions before the four are summed."""
+    batch, height, width, _ = x.shape
+    branch, gate = block.in_proj(x).chunk(2, dim=-1)
+    branch = F.silu(block.conv2d(branch.permute(0, 3, 1, 2))).flatten(2)  # (B, d, L) row-major
+    inner, rank, state = block.d_inner, block.dt_rank, block.d_state
+    positions = torch.arange(height * width).reshape(height, width)
+    orders = [positions.flatten(), positions.t().flatten()]
+    orders += [order.flip(0) for order in orders]
+    total = torch.zeros_like(branch)
+    for k, order in enumerate(orders):
+        sequence = branch[:, :, order]
+        dt, b, c = torch.einsum("bdl,cd->bcl", sequence, block.x_proj_weight[k]).split([rank, state, state], dim=1)
+        dt = torch.einsum("brl,dr->bdl", dt, block.dt_projs_weight[k])
+        channels = slice(k * inner, (k + 1) * inner)
+        y = selective_scan_naive(sequence, dt, -torch.exp(block.A_logs[channels]), b, c, block.Ds[channels],
+                                 delta_bias=block.dt_projs_bias[k], delta_softplus=True)
+        total[:, :, order] += y
+    y = total.transpose(1, 2).reshape(batch, height, width, inner)
+    return block.out_proj(block.out_norm(y) * F.silu(gate))
+
+
+def test_ss2d_equals_its_four_scans_taken_one_direction_at_a_time():
+    torch.manual_seed(0)
+    block = SS2D(d_model=8, d_state=4, dt_rank=2)
+    with torch.no_grad():  # non-trivial D and conv so every term shows
+        block.Ds.uniform_(-1, 1)
+        block.dt_projs_bias.add_(1.0)
+    x = torch.randn(2, 5, 7, 8)  # two images, H != W: direction and layout slips show
+    with torch.no_grad():
+        torch.testing.assert_close(block(x), ss2d_by_directions(block, x), rtol=1e-4, atol=1e-5)
+
+
+def test_ss2d_defaults_are_the_official_ones():
+    block = SS2D(d_model=32)
+    assert (block.d_model, block.d_state, block.d_conv, block.expand) == (32, 16, 3, 2.0)
+    assert (block.d_inner, block.dt_rank) == (64, 2)  # int(expand * d_model), ceil(d_model / 16)
+    assert block.in_proj.bias is None and block.out_proj.bias is None and block.conv2d.bias is not None
+    assert block.dropout is None
+    assert SS2D(d_model=32, dt_rank=3).dt_rank == 3
+
+
+def test_ss2d_bias_flags_reach_the_projections_and_the_conv():
+    block = SS2D(d_model=8, d_state=2, bias=True, conv_bias=False)
+    assert block.in_proj.bias.shape == (32,) and block.out_proj.bias.shape == (8,)
+    assert block.conv2d.bias is None
+
+
+def test_ss2d_builds_its_parameters_on_the_requested_device_and_dtype():
+    on_meta = SS2D(d_model=8, d_state=2, device="meta")
+    # out_norm takes no factory arguments in the official code either
+    assert {name for name, p in on_meta.named_parameters() if p.device.type != "meta"} == {"out_norm.weight",
+                                                                                         "out_norm.bias"}
+    double = SS2D(d_model=8, d_state=2, dtype=torch.float64)
+    dtypes = {name: p.dtype for name, p in double.named_parameters()}
+    assert dtypes.pop("A_logs") == torch.float32  # A is float32 whatever the factory dtype
+    assert dtypes.pop("Ds") == torch.float32 and dtypes.pop("out_norm.weight") == torch.float32
+    dtypes.pop("out_norm.bias")
+    assert set(dtypes.values()) == {torch.float64}
+
+
+def test_ss2d_a_log_stays_float32_under_a_float64_default_dtype():
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        block = SS2D(d_model=8, d_state=3)
+    finally:
+        torch.set_default_dtype(default)
+    assert block.A_logs.dtype == torch.float32
+    torch.testing.assert_close(block.A_logs[5], torch.log(torch.tensor([1.0, 2.0, 3.0])))
+
+
+def test_ss2d_projection_inits_use_their_documented_bounds():
+    torch.manual_seed(0)
+    block = SS2D(d_model=16, d_state=4, dt_rank=4, dt_scale=1.5)
+    x_bound = block.d_inner ** -0.5
+    dt_std = 4 ** -0.5 * 1.5
+    for weight, bound in [(block.x_proj_weight, x_bound), (block.dt_projs_weight, dt_std)]:
+        assert weight.abs().max() <= bound
+        assert weight.min() < -0.8 * bound and weight.max() > 0.8 * bound  # spread over [-bound, bound]
+
+
+def test_ss2d_constant_dt_init_sets_every_dt_weight_to_the_std():
+    constant = SS2D(d_model=8, d_state=2, dt_rank=4, dt_init="constant").dt_projs_weight
+    assert torch.equal(constant, torch.full_like(constant, 0.5))  # 4 ** -0.5 * dt_scale 1
+    scaled = SS2D(d_model=8, d_state=2, dt_rank=4, dt_init="constant", dt_scale=3.0).dt_projs_weight
+    assert torch.equal(scaled, torch.full_like(scaled, 1.5))
+
+
+def test_ss2d_rejects_an_unknown_dt_init():
+    with pytest.raises(ValueError, match="dt_init must be 'random' or 'constant', got 'normal'"):
+        SS2D(d_model=8, dt_init="normal")
+
+
+def test_ss2d_dt_bias_is_log_uniform_over_dt_min_to_dt_max():
+    torch.manual_seed(0)
+    dt = F.softplus(SS2D(d_model=16, d_state=2, dt_min=0.01, dt_max=0.1).dt_projs_bias)
+    assert dt.min() >= 0.01 * 0.999 and dt.max() <= 0.1 * 1.001
+    assert dt.min() < 0.015 and dt.max() > 0.07  # the whole range, not a corner of it
+
+
+def test_ss2d_a_and_d_are_excluded_from_weight_decay():
+    block = SS2D(d_model=8, d_state=2)
+    assert block.A_logs._no_weight_decay is True and block.Ds._no_weight_decay is True
+
+
+def test_ss2d_dropout_applies_to_the_output_in_training_only():
+    torch.manual_seed(0)
+    block = SS2D(d_model=8, d_state=2, dropout=0.5)
+    assert isinstance(block.dropout, torch.nn.Dropout) and block.dropout.p == 0.5
+    x = torch.randn(1, 4, 4, 8)
+    with torch.no_grad():
+        clean = block.eval()(x)
+        dropped = block.train()(x)
+    zeroed = dropped == 0
+    assert 0 < zeroed.sum() < zeroed.numel()
+    torch.testing.assert_close(dropped[~zeroed], 2 * clean[~zeroed])
