@@ -260,3 +260,129 @@ def test_ss2d_dropout_applies_to_the_output_in_training_only():
     zeroed = dropped == 0
     assert 0 < zeroed.sum() < zeroed.numel()
     torch.testing.assert_close(dropped[~zeroed], 2 * clean[~zeroed])
+
+
+class LooksLikeCuda(torch.Tensor):
+    """A CPU tensor that reports is_cuda, to reach the fused-kernel branch without a GPU."""
+
+    @property
+    def is_cuda(self):
+        return True
+
+
+def test_scan_hands_cuda_tensors_and_every_argument_to_the_fused_kernel(monkeypatch):
+    calls = []
+    monkeypatch.setattr(scan_module, "mamba_ssm_scan", lambda: lambda *args: calls.append(args) or "fused")
+    x = make_inputs()
+    u = x["u"].as_subclass(LooksLikeCuda)
+    args = (u, x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"], x["delta_bias"], True, True)
+    assert selective_scan(*args) == "fused"
+    assert len(calls) == 1 and all(a is b for a, b in zip(calls[0], args)) and len(calls[0]) == 10
+
+
+def test_scan_without_the_fused_kernel_runs_the_pytorch_path_on_cuda_tensors(monkeypatch):
+    monkeypatch.setattr(scan_module, "mamba_ssm_scan", lambda: None)
+    x = make_inputs()
+    x["u"] = x["u"].as_subclass(LooksLikeCuda)
+    out = selective_scan(**x, delta_softplus=True)
+    expected = selective_scan_naive(**make_inputs(), delta_softplus=True)
+    torch.testing.assert_close(out.as_subclass(torch.Tensor), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_scan_defaults_to_no_softplus_and_returns_the_last_state_when_asked():
+    x = make_inputs()
+    del x["z"], x["delta_bias"]
+    x["delta"] = x["delta"].abs()  # steps that decay without the softplus
+    torch.testing.assert_close(selective_scan(**x), selective_scan_naive(**x), rtol=1e-5, atol=1e-5)
+    out, last = selective_scan(**x, return_last_state=True)
+    ref_out, ref_last = selective_scan_naive(**x, return_last_state=True)
+    torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(last, ref_last, rtol=1e-5, atol=1e-5)
+    assert last.shape == (2, 6, 4)
+
+
+def test_scan_carries_the_state_into_segments_of_several_chunks():
+    # 37 steps, segments of 8 (two chunks of 4): the state entering segments 2..5 passes through
+    # their first chunk only, forward and backward.
+    x = make_inputs(length=37)
+    for t in x.values():
+        t.requires_grad_(True)
+    elements = 2 * 6 * 4 * 8
+    out, last = selective_scan_torch(**x, delta_softplus=True, return_last_state=True, chunk_size=4,
+                                     segment_elements=elements)
+    ref_out, ref_last = selective_scan_naive(**x, delta_softplus=True, return_last_state=True)
+    torch.testing.assert_close(out, ref_out)
+    torch.testing.assert_close(last, ref_last)
+    weights = torch.randn_like(out)
+    grads = torch.autograd.grad((out * weights).sum() + last.sum(), list(x.values()))
+    ref_grads = torch.autograd.grad((ref_out * weights).sum() + ref_last.sum(), list(x.values()))
+    for name, grad, ref in zip(x, grads, ref_grads):
+        torch.testing.assert_close(grad, ref, rtol=1e-4, atol=1e-4, msg=name)
+
+
+def test_recomputed_scan_gives_the_gradient_of_c_alone():
+    # only C requires grad: the last state does not depend on it
+    x = make_inputs()
+    x["C"].requires_grad_(True)
+    grad, = torch.autograd.grad(selective_scan_torch(**x, chunk_size=8).sum(), x["C"])
+    ref, = torch.autograd.grad(selective_scan_naive(**x).sum(), x["C"])
+    torch.testing.assert_close(grad, ref)
+
+
+def test_scan_rejects_complex_a_mismatched_groups_and_bad_b_c_ranks():
+    x = make_inputs()
+    with pytest.raises(ValueError, match="^selective_scan_torch supports real A only$"):
+        selective_scan_torch(**{**x, "A": x["A"].to(torch.complex64)})
+    with pytest.raises(ValueError, match=r"B and C must have the same number of groups, got \[2, 3\]"):
+        selective_scan_torch(**{**x, "B": torch.randn(2, 2, 4, 37)})
+    with pytest.raises(ValueError, match=r"^B must have 2, 3 or 4 dimensions, got shape \(2, 3, 4, 37, 1\)$"):
+        selective_scan_torch(**{**x, "B": torch.randn(2, 3, 4, 37, 1)})
+    with pytest.raises(ValueError, match=r"^C must have 2, 3 or 4 dimensions, got shape \(4,\)$"):
+        selective_scan_torch(**{**x, "C": torch.randn(4)})
+
+
+def counting_segments(monkeypatch):
+    calls = []
+    scan_segment = scan_module._scan_segment
+    monkeypatch.setattr(scan_module, "_scan_segment",
+                        lambda state, u, *rest: calls.append(u.shape[3]) or scan_segment(state, u, *rest))
+    return calls
+
+
+def test_one_state_value_per_step_fills_a_whole_segment(monkeypatch):
+    calls = counting_segments(monkeypatch)
+    x = make_inputs(batch=1, dim=1, state=1, length=16, b_layout="shared")
+    selective_scan_torch(**x, chunk_size=4, segment_elements=8)
+    assert calls == [8, 8]
+
+
+def counting_recomputed_segments(monkeypatch):
+    calls = []
+    original = scan_module._RecomputedSegment
+
+    class Counting(original):
+        @staticmethod
+        def forward(ctx, chunk_size, *inputs):
+            calls.append(chunk_size)
+            return original.forward(ctx, chunk_size, *inputs)
+
+    monkeypatch.setattr(scan_module, "_RecomputedSegment", Counting)
+    return calls
+
+
+def test_scans_recompute_only_above_the_threshold_and_only_for_gradients(monkeypatch):
+    calls = counting_recomputed_segments(monkeypatch)
+    elements = 2 * 6 * 4 * 37  # batch * dim * N * L
+    x = make_inputs()
+    x["u"].requires_grad_(True)
+    monkeypatch.setattr(scan_module, "RECOMPUTE_ELEMENTS", elements)
+    selective_scan_torch(**x)
+    assert calls == []  # at the threshold: the graph is kept
+    monkeypatch.setattr(scan_module, "RECOMPUTE_ELEMENTS", elements - 1)
+    selective_scan_torch(**x).sum().backward()
+    assert calls == [32]  # one segment, recomputed
+    calls.clear()
+    with torch.no_grad():
+        selective_scan_torch(**x)
+    selective_scan_torch(**make_inputs())  # nothing requires grad
+    assert calls == []
