@@ -60,6 +60,11 @@ class FixedOutput:
         return self.name
 
 
+def exactly(message: str) -> str:
+    """A pattern for pytest.raises that matches the whole message and nothing more."""
+    return f"^{re.escape(message)}$"
+
+
 def photo(height=16, width=24, seed=0):
     return np.random.default_rng(seed).random((height, width, 3), dtype=np.float32)
 
@@ -81,7 +86,7 @@ def test_network_model_and_its_input_land_on_the_requested_device():
 
 
 def test_unknown_amp_is_refused_naming_the_choices():
-    with pytest.raises(ValueError, match=re.escape("--amp must be one of none, bf16, fp16, got 'fp8'")):
+    with pytest.raises(ValueError, match=exactly("--amp must be one of none, bf16, fp16, got 'fp8'")):
         network(amp="fp8")
 
 
@@ -99,7 +104,7 @@ def test_network_input_is_padded_to_the_lcm_of_8_and_the_model_window():
     windowed = network(AddConstant(size_multiple=12))
     output = windowed.predict(photo(20, 27))
     assert windowed.model.shapes == [(24, 48)] and output.shape == (1, 3, 20, 27)
-    with pytest.raises(ValueError, match=re.escape("--tile 32 must be a multiple of 24 for AddConstant "
+    with pytest.raises(ValueError, match=exactly("--tile 32 must be a multiple of 24 for AddConstant "
                                                    "(its attention windows)")):
         network(AddConstant(size_multiple=12), tiling=Tiling(tile=32, overlap=8))
 
@@ -143,7 +148,8 @@ def test_ema_weights_are_used_and_reported_for_ours_basicsr_and_exports(tmp_path
     exported = load_exported(tmp_path / "export" / "model.safetensors")
     for checkpoint, step in ((ours, 7), (basicsr, 3), (exported, 7)):
         member = NetworkModel.from_checkpoint(checkpoint, "ckpt", "cpu", "none", Tiling(tile=0))
-        assert member.describe() == f"LocalConvNet ({LOCAL_CONV_PARAMETERS} parameters, EMA weights, step {step}) from ckpt"
+        assert member.describe() == (f"LocalConvNet ({LOCAL_CONV_PARAMETERS} parameters, EMA weights, step {step}) "
+                                     "from ckpt")
         np.testing.assert_allclose(member.predict(image)[0].permute(1, 2, 0).numpy(), image, atol=1e-6)
     # without EMA weights: the raw ones, said so (an export too, whose format alone is no EMA)
     save_model_checkpoint(tmp_path / "raw" / "best.pt", LocalConvNet(), {})
@@ -176,7 +182,7 @@ def save_tiny_dpt(folder, seed):
 
 def test_depth_input_without_a_depth_model_is_refused_naming_the_checkpoint():
     member = network(LocalConvNet(inp_channels=4), {"input_features": ["depth"]}, source="runs/x/best.pt")
-    with pytest.raises(CheckpointError, match=re.escape(
+    with pytest.raises(CheckpointError, match=exactly(
             "runs/x/best.pt: input feature 'depth' needs config['depth_model'] (the MiDaS/DPT folder the run was "
             "trained with)")):
         member.predict(photo())
@@ -196,7 +202,8 @@ def test_depth_is_loaded_on_the_member_device_under_its_amp_and_shared_only_betw
         return real_load(name, "cpu", autocast_dtype=None if autocast_dtype == "not given" else autocast_dtype)
 
     monkeypatch.setattr(utils.features, "load_depth_model", recording_load)
-    monkeypatch.setattr(DepthEstimator, "__call__", lambda self, rgb: calls.append(self.model_key) or real_call(self, rgb))
+    monkeypatch.setattr(DepthEstimator, "__call__",
+                        lambda self, rgb: calls.append(self.model_key) or real_call(self, rgb))
     grayworld = [{"name": "grayworld", "strength": 1.0, "max_gain": 2.0}]
 
     def member(depth_model, preprocess=None):
@@ -273,9 +280,10 @@ def test_onnx_member_describe_tiling_amp_and_compile(tmp_path):
     path = onnx_export(tmp_path)
     tiling = Tiling(tile=48, overlap=16)
     member = OnnxModel.from_file(path, "cpu", "bf16", tiling)
-    assert member.describe() == f"LocalConvNet (ONNX on onnxruntime CPUExecutionProvider, fp32, EMA weights, step 7) from {path}"
+    assert member.describe() == (f"LocalConvNet (ONNX on onnxruntime CPUExecutionProvider, fp32, EMA weights, "
+                                 f"step 7) from {path}")
     assert member.tiling is tiling and member.amp == "none" and member.size_multiple == 8  # the graph is fp32
-    with pytest.raises(ValueError, match=re.escape(f"--compile: {path} is an ONNX graph run by onnxruntime, "
+    with pytest.raises(ValueError, match=exactly(f"--compile: {path} is an ONNX graph run by onnxruntime, "
                                                    "which is not compiled")):
         member.compile()
     raw = onnx_export(tmp_path, ema=False, name="raw")
@@ -295,7 +303,8 @@ def test_onnx_window_multiple_comes_from_the_export(tmp_path):
     entry.value = json.dumps(dict(json.loads(entry.value), size_multiple=16))
     onnx.save(graph, str(path))
     assert OnnxModel(path, "cpu", Tiling(tile=32, overlap=8)).size_multiple == 16
-    with pytest.raises(ValueError, match=re.escape("--tile 24 must be a multiple of 16 for LocalConvNet")):
+    with pytest.raises(ValueError, match=exactly("--tile 24 must be a multiple of 16 for LocalConvNet "
+                                                   "(its attention windows)")):
         OnnxModel(path, "cpu", Tiling(tile=24, overlap=8))
 
 
@@ -312,7 +321,8 @@ def test_onnx_session_asks_for_the_cuda_provider_of_the_device(tmp_path, monkeyp
         return real_session(model_path, providers=["CPUExecutionProvider"])
 
     monkeypatch.setattr(onnxruntime, "InferenceSession", recording_session)
-    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(onnxruntime, "get_available_providers",
+                        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
     for device in ("cuda:1", "cuda", "cpu"):
         OnnxModel(path, device)
     monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
@@ -357,7 +367,7 @@ def test_onnx_errors_are_one_line(tmp_path, monkeypatch):
                                               r"\[ONNXRuntimeError\][^\n]*$"):
         OnnxModel(bad, "cpu")
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if not installed
-    with pytest.raises(ImportError, match=re.escape("running a .onnx model needs onnxruntime: "
+    with pytest.raises(ImportError, match=exactly("running a .onnx model needs onnxruntime: "
                                                     "pip install -r requirements-extras.txt")):
         OnnxModel(bad, "cpu")
 
@@ -400,7 +410,7 @@ def test_official_restormer_kwargs_refuses_other_weights(missing):
     from utils.inference import official_restormer_kwargs
     state = Restormer(**TINY_RESTORMER).state_dict()
     del state[missing]
-    with pytest.raises(CheckpointError, match=re.escape(
+    with pytest.raises(CheckpointError, match=exactly(
             "net.pth is not a Restormer-family checkpoint: expected Restormer weights (patch_embed.proj.weight ... "
             "output.weight) or a run of this codebase")):
         official_restormer_kwargs(state, "net.pth")
@@ -428,7 +438,8 @@ def test_official_backbone_uses_its_ema_weights_on_the_device_with_amp_and_tilin
     tiling = Tiling(tile=64, overlap=16)
     on_meta, _, _ = load_backbone(path, "meta", "bf16", tiling)
     assert all(p.device.type == "meta" for p in on_meta.model.parameters())
-    assert on_meta.amp == "bf16" and on_meta.tiling is tiling and not any(p.requires_grad for p in on_meta.model.parameters())
+    assert on_meta.amp == "bf16" and on_meta.tiling is tiling
+    assert not any(p.requires_grad for p in on_meta.model.parameters())
     (tmp_path / "raw").mkdir()
     raw_path, _, _ = official_file(tmp_path / "raw", ema=False)
     assert load_backbone(raw_path, "cpu")[0].describe().endswith(f"parameters, weights) from {raw_path}")
@@ -470,20 +481,20 @@ def test_backbone_refusals_give_the_exact_line(tmp_path):
     path, _, _ = official_file(tmp_path)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     assert load_backbone(path, "cpu", expected_sha256=digest)[2] == digest
-    with pytest.raises(CheckpointError, match=re.escape(
+    with pytest.raises(CheckpointError, match=exactly(
             f"backbone {path} changed since the refiner was trained (SHA-256 {digest[:12]}..., recorded "
             f"0123456789ab...): restore that file or retrain the refiner")):
         load_backbone(path, "cpu", expected_sha256="0123456789abcdef" * 4)
-    with pytest.raises(CheckpointError, match=re.escape(
+    with pytest.raises(CheckpointError, match=exactly(
             "--backbone is required: a Restormer run folder / .pt of this codebase, or an official Restormer .pth")):
         load_backbone(None, "cpu")
     conv = save_model_checkpoint(tmp_path / "conv.pt", LocalConvNet(), {})
-    with pytest.raises(CheckpointError, match=re.escape(
+    with pytest.raises(CheckpointError, match=exactly(
             f"backbone {conv} holds a tests.conftest.LocalConvNet, expected a Restormer-family model "
             "(models.restormer.Restormer or a subclass)")):
         load_backbone(conv, "cpu")
     four = restormer_run(tmp_path, kwargs={"inp_channels": 4})
-    with pytest.raises(CheckpointError, match=re.escape(
+    with pytest.raises(CheckpointError, match=exactly(
             f"backbone {four} takes 4 input channels but names no input features: expected an RGB (3-channel) "
             "Restormer")):
         load_backbone(four, "cpu")
@@ -517,6 +528,6 @@ def test_refiner_member_refuses_a_changed_backbone_naming_the_refiner(tmp_path):
     from utils.inference import RefinerModel, Tiling
     backbone = restormer_run(tmp_path)
     checkpoint = refiner_checkpoint(tmp_path, backbone, "f" * 64)
-    with pytest.raises(CheckpointError, match=re.escape(f"refiner.pt: backbone {backbone} changed since the refiner "
-                                                        "was trained")):
+    with pytest.raises(CheckpointError, match="^" + re.escape(f"refiner.pt: backbone {backbone} changed since "
+                                                              "the refiner was trained")):
         RefinerModel.from_checkpoint(checkpoint, "refiner.pt", "cpu", "none", Tiling(tile=0))
