@@ -160,7 +160,7 @@ def test_trust_checkpoint_flag_lets_a_pickled_object_load(conv_checkpoint, tmp_p
 
 # ------------------------------------------------------------------ the --checkpoint flag
 
-def test_checkpoint_flag_takes_several_paths_as_an_ensemble(tmp_path):
+def test_checkpoint_flag_takes_several_paths_as_an_ensemble():
     args = inference_parser().parse_args(["--checkpoint", "cv/fold_1", "cv/fold_2", "--tile", "0"])
     assert args.checkpoint == ["cv/fold_1", "cv/fold_2"] and args.tile == 0
 
@@ -279,6 +279,7 @@ def test_exported_safetensors_with_config_loads_as_the_run(conv_checkpoint, tmp_
 
 
 def test_onnx_export_loads_on_onnxruntime_with_the_tiling_asked(conv_checkpoint, tmp_path):
+    pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
     from utils.export import export_onnx
     (graph, _), _ = export_onnx(conv_checkpoint, tmp_path / "deploy")
