@@ -264,6 +264,15 @@ def test_predict_takes_other_float_dtypes_as_float32(dtype):
     torch.testing.assert_close(output, expected)
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_predict_refuses_an_integer_photo_that_would_come_out_white(dtype):
+    from utils.inference import Enhancer
+    enhancer = Enhancer([network(LocalConvNet())], "cpu")
+    with pytest.raises(ValueError, match=rf"^expected a float photo in \[0, 1\], got {np.dtype(dtype).name} "
+                                         r"\(data.io.read_image gives one\)$"):
+        enhancer.predict((photo() * 255).astype(dtype))
+
+
 # ----------------------------------------------------------------- OnnxModel
 
 def onnx_export(tmp_path, model=None, ema=True, name="deploy"):
