@@ -45,3 +45,24 @@ def test_a_finished_mutmut_run_goes_on_to_the_table(tmp_path, monkeypatch, capsy
     out = capsys.readouterr().out
     assert "--- utils/inference.py" in out and "utils/inference.py" in out.splitlines()[-1]
     assert (tmp_path / "mutants" / "mutmut-run.log").read_text() == "done\n"
+
+
+def test_only_mutants_that_change_argparse_display_text_count_as_help_text(tmp_path, monkeypatch):
+    monkeypatch.setattr(mutation, "ROOT", tmp_path)
+    (tmp_path / "mutants" / "utils").mkdir(parents=True)
+    original = ('    group = parser.add_argument_group("model")\n'
+                '    group.add_argument("--tile", type=int, default=512, metavar="PX", help="tile side")\n')
+    variants = {
+        "orig": original,
+        "1": original.replace('help="tile side"', 'help="XXtile sideXX"'),
+        "2": original.replace(', help="tile side"', ""),
+        "3": original.replace('metavar="PX"', 'metavar=None'),
+        "4": original.replace('"model"', '"XXmodelXX"'),
+        "5": original.replace("type=int, ", ""),
+        "6": original.replace("default=512", "default=513"),
+        "7": original.replace('"--tile"', '"XX--tileXX"'),
+    }
+    (tmp_path / "mutants" / "utils" / "cli.py").write_text("".join(
+        f"def x_add_args__mutmut_{number}(parser):\n{body}\n" for number, body in variants.items()))
+    assert mutation.help_text_only(Path("utils/cli.py")) == {f"utils.cli.x_add_args__mutmut_{n}" for n in "1234"}
+    assert mutation.help_text_only(Path("utils/other.py")) == set()  # never run: nothing to classify

@@ -584,6 +584,21 @@ def test_a_sharded_checkpoint_reads_back_as_full_model_weights(tmp_path):
         read_sharded_weights(tmp_path / "missing")
 
 
+def test_sharded_weights_read_back_in_their_saved_dtype_without_warnings(tmp_path):
+    import torch.distributed.checkpoint as dcp
+    model = TinyNet().to(torch.bfloat16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "torch.distributed is disabled": one process writes every shard
+        dcp.save({"model": model.state_dict()}, checkpoint_id=str(tmp_path / "shards"), no_dist=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # reading in one process is the intent: nothing to warn about
+        weights = read_sharded_weights(tmp_path / "shards")
+    assert {name: tensor.dtype for name, tensor in weights.items()} == {
+        name: tensor.dtype for name, tensor in model.state_dict().items()}
+    assert weights["body.0.weight"].dtype == torch.bfloat16
+    assert all(torch.equal(weights[k], v) for k, v in model.state_dict().items())
+
+
 def test_rng_state_saves_and_restores_the_cuda_generators_only_where_cuda_is(monkeypatch):
     restored = []
     monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: ["cuda-state"])
@@ -692,6 +707,17 @@ def test_load_pretrained_restormer_reads_a_file_into_both_copies_and_names_what_
     torch.save({"params": Restormer(**dict(kwargs, dim=16)).state_dict()}, tmp_path / "wider.pth")
     with pytest.raises(CheckpointError, match=r"^weights in .*wider\.pth do not fit Restormer: .*shape mismatch"):
         load_pretrained_restormer(ZeroConvRestormer(**kwargs), tmp_path / "wider.pth")
+
+
+def test_load_pretrained_restormer_takes_an_already_loaded_checkpoint_dict():
+    from models.restormer import Restormer
+    from models.zero_conv import ZeroConvRestormer
+    kwargs = dict(dim=8, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1, heads=[1, 1, 1, 1])
+    restormer = Restormer(**kwargs)
+    model = ZeroConvRestormer(**kwargs)
+    load_pretrained_restormer(model, {"params": restormer.state_dict()})
+    assert torch.equal(model.locked.output.weight, restormer.output.weight)
+    assert torch.equal(model.control.patch_embed.proj.weight, restormer.patch_embed.proj.weight)
 
 
 def test_load_pretrained_takes_the_plain_weights_when_told_not_to_prefer_ema():

@@ -15,9 +15,11 @@ runs here with one thread (OMP_NUM_THREADS=1), else most mutants of torch code e
 tested before gets only its mutants that were not killed (survivors and timeouts) retried, unless
 --fresh; mutmut itself re-tests the functions whose code changed. Print the survivors with --survivors,
 and inspect one with `mutmut show NAME`. The kill rate leaves out the reviewed survivors listed in
-EQUIVALENT (no observable difference) and HELP_TEXT (only a flag's --help text changes).
+EQUIVALENT (no observable difference) and the survivors that change only argparse's display text (a flag's
+help= or metavar=, found by comparing syntax trees).
 """
 import argparse
+import ast
 import configparser
 import importlib.util
 import json
@@ -160,15 +162,48 @@ EQUIVALENT = {
     "losses.bright_color.xǁBrightHistogramLossǁforward__mutmut_9":
         "weights (N, H, 1, W) instead of (N, 1, H, W): soft_histogram flattens them per image in the same order",
 }
-# Survivors that change only what `--help` prints (a flag's help= or metavar= text, reviewed with
-# `mutmut show`): no behaviour to test. Counted in their own column and, like EQUIVALENT, left out of
-# the kill rate.
-HELP_TEXT = {
-    *(f"losses.lpips.x_add_lpips_args__mutmut_{n}" for n in (2, 3, 6, 7, 10, 11, 12, 13, 14)),
-    *(f"losses.perceptual.x_add_vgg_args__mutmut_{n}" for n in (2, 3, 6, 7, 10, 11, 12, 13, 14)),
-    *(f"losses.delta.x_add_delta_args__mutmut_{n}" for n in (4, 8, 11, 12, 16, 20, 23, 24, 28, 32, 35, 36)),
-    *(f"utils.checkpoint.x_add_trust_flag__mutmut_{n}" for n in (3, 6, 11, 12)),
-}
+# Keyword arguments whose text argparse only prints (in --help and usage lines), and the calls whose
+# positional arguments are such text: a mutant that changes or drops only these changes no behaviour.
+DISPLAY_KEYWORDS = {"help", "metavar", "description", "epilog", "title", "usage"}
+DISPLAY_CALLS = {"add_argument_group", "add_mutually_exclusive_group"}
+
+
+class _DisplayTextEraser(ast.NodeTransformer):
+    """Drops argparse's display-only text from a function's syntax tree (see DISPLAY_KEYWORDS)."""
+
+    def visit_Call(self, node):
+        self.generic_visit(node)
+        node.keywords = [keyword for keyword in node.keywords if keyword.arg not in DISPLAY_KEYWORDS]
+        called = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", None)
+        if called in DISPLAY_CALLS:
+            node.args = []
+        return node
+
+
+def _comparable(function: ast.AST) -> str:
+    """The function's syntax without its name and argparse display text, as a string to compare."""
+    function = _DisplayTextEraser().visit(ast.parse(ast.unparse(function)).body[0])
+    function.name = ""
+    return ast.dump(function)
+
+
+def help_text_only(path: Path) -> set:
+    """Names of the mutants of ``path`` that differ from their original only in argparse display text
+    (a flag's help= or metavar=, a group's title): no behaviour to test. Read from mutmut's copy of the
+    module in mutants/, where every mutant is a function next to its ``__mutmut_orig``."""
+    source = ROOT / "mutants" / path
+    if not source.is_file():
+        return set()
+    functions = {node.name: node for node in ast.walk(ast.parse(source.read_text()))
+                 if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and "__mutmut_" in node.name}
+    module = ".".join(path.with_suffix("").parts)
+    names = set()
+    for name, function in functions.items():
+        stem, _, number = name.rpartition("__mutmut_")
+        original = functions.get(f"{stem}__mutmut_orig")
+        if number != "orig" and original is not None and _comparable(function) == _comparable(original):
+            names.add(f"{module}.{name}")
+    return names
 
 
 def core_modules() -> list:
@@ -210,10 +245,11 @@ def results(path: Path) -> dict:
 
 def tally(path: Path) -> Counter:
     counts = Counter()
+    help_text = help_text_only(path)
     for name, code in results(path).items():
         if code in SURVIVED and name in EQUIVALENT:
             counts["equivalent"] += 1
-        elif code in SURVIVED and name in HELP_TEXT:
+        elif code in SURVIVED and name in help_text:
             counts["help text"] += 1
         else:
             counts[KILLED.get(code) or SURVIVED.get(code) or ("not checked" if code is None else "other")] += 1
@@ -298,9 +334,10 @@ def print_table(paths: list, survivors: bool) -> None:
               f"{counts['no tests']:>8} {counts['equivalent']:>6} {counts['help text']:>4} "
               f"{counts['other'] + counts['not checked']:>9}  {rate}")
         if survivors:
+            help_text = help_text_only(path)
             for name, code in sorted(results(path).items()):
                 if code in SURVIVED:
-                    note = EQUIVALENT.get(name, "help text only" if name in HELP_TEXT else "")
+                    note = EQUIVALENT.get(name, "help text only" if name in help_text else "")
                     print(f"    {SURVIVED[code]:<9} {name}  {note}")
 
 

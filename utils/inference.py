@@ -454,6 +454,9 @@ class Enhancer:
         """(1, 3, H, W) float32 in [0, 1] on the device for an HxWx3 float32 photo in [0, 1]."""
         if rgb.ndim != 3 or rgb.shape[2] != 3:
             raise ValueError(f"expected an HxWx3 RGB photo, got shape {rgb.shape}")
+        if not np.issubdtype(rgb.dtype, np.floating):
+            # an 8- or 16-bit photo as read would come out nearly white, without an error
+            raise ValueError(f"expected a float photo in [0, 1], got {rgb.dtype} (data.io.read_image gives one)")
         rgb = np.asarray(rgb, dtype=np.float32)
         photo_cache = {}
         total = None
