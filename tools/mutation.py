@@ -182,7 +182,8 @@ class _DisplayTextEraser(ast.NodeTransformer):
 
 def _comparable(function: ast.AST) -> str:
     """The function's syntax without its name and argparse display text, as a string to compare."""
-    function = _DisplayTextEraser().visit(ast.parse(ast.unparse(function)).body[0])
+    function = ast.parse(ast.unparse(function)).body[0]  # a copy: the eraser edits the tree it visits
+    function = _DisplayTextEraser().visit(function)
     function.name = ""
     return ast.dump(function)
 
@@ -243,9 +244,9 @@ def results(path: Path) -> dict:
     return json.loads(meta.read_text()).get("exit_code_by_key", {})
 
 
-def tally(path: Path) -> Counter:
+def tally(path: Path, help_text: set) -> Counter:
+    """How the mutants of ``path`` ended; ``help_text``: its survivors that change only display text."""
     counts = Counter()
-    help_text = help_text_only(path)
     for name, code in results(path).items():
         if code in SURVIVED and name in EQUIVALENT:
             counts["equivalent"] += 1
@@ -323,7 +324,8 @@ def print_table(paths: list, survivors: bool) -> None:
     print(f"\n{'module':<29} {'mutants':>7} {'killed':>6} {'timeout':>7} {'survived':>8} {'no tests':>8} "
           f"{'equiv.':>6} {'help':>4} {'unchecked':>9}  kill rate")
     for path in paths:
-        counts = tally(path)
+        help_text = help_text_only(path)
+        counts = tally(path, help_text)
         total = sum(counts.values())
         # Timeouts stay out of the rate: no verdict (--verify-timeouts gives them one), e.g. mutants of
         # code that runs while pytest imports the test files (a loss built at module level).
@@ -334,7 +336,6 @@ def print_table(paths: list, survivors: bool) -> None:
               f"{counts['no tests']:>8} {counts['equivalent']:>6} {counts['help text']:>4} "
               f"{counts['other'] + counts['not checked']:>9}  {rate}")
         if survivors:
-            help_text = help_text_only(path)
             for name, code in sorted(results(path).items()):
                 if code in SURVIVED:
                     note = EQUIVALENT.get(name, "help text only" if name in help_text else "")
