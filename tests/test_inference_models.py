@@ -359,6 +359,23 @@ def test_onnx_config_comes_from_the_graph_else_from_config_json(tmp_path):
     assert OnnxModel(path, "cpu").describe().startswith("LocalConvNet (ONNX on onnxruntime CPUExecutionProvider")
 
 
+def test_onnx_member_of_a_run_without_a_step_names_none(tmp_path):
+    import json
+
+    import onnx
+
+    from utils.inference import OnnxModel
+    path = onnx_export(tmp_path)
+    graph = onnx.load(str(path))
+    for entry in graph.metadata_props:
+        config = json.loads(entry.value)
+        if isinstance(config, dict) and config.get("step") == 7:
+            entry.value = json.dumps({**config, "step": None})
+    onnx.save(graph, str(path))
+    assert OnnxModel(path, "cpu").describe() == (f"LocalConvNet (ONNX on onnxruntime CPUExecutionProvider, fp32, "
+                                                 f"EMA weights) from {path}")
+
+
 def test_onnx_tiles_are_clamped_to_unit_range(tmp_path):
     from utils.inference import OnnxModel
     member = OnnxModel(onnx_export(tmp_path, Affine()), "cpu")
@@ -507,6 +524,18 @@ def test_backbone_refusals_give_the_exact_line(tmp_path):
             f"backbone {four} takes 4 input channels but names no input features: expected an RGB (3-channel) "
             "Restormer")):
         load_backbone(four, "cpu")
+
+
+def test_backbone_file_that_is_not_weights_is_refused_naming_what_it_holds(tmp_path):
+    from utils.inference import load_backbone
+    torch.save([torch.zeros(1)], tmp_path / "list.pth")
+    with pytest.raises(CheckpointError, match=exactly("expected a dict of weights, got list")):
+        load_backbone(tmp_path / "list.pth", "cpu")
+    torch.save({"params": {"conv.weight": torch.zeros(1)}}, tmp_path / "other.pth")
+    with pytest.raises(CheckpointError, match=exactly(
+            f"{tmp_path / 'other.pth'} is not a Restormer-family checkpoint: expected Restormer weights "
+            "(patch_embed.proj.weight ... output.weight) or a run of this codebase")):
+        load_backbone(tmp_path / "other.pth", "cpu")
 
 
 def refiner_checkpoint(tmp_path, backbone, sha256):
