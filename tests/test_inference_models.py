@@ -376,6 +376,22 @@ def test_onnx_member_of_a_run_without_a_step_names_none(tmp_path):
                                                  f"EMA weights) from {path}")
 
 
+def test_onnx_export_without_a_recorded_window_multiple_tiles_at_multiples_of_8(tmp_path):
+    import json
+
+    import onnx
+
+    from utils.inference import OnnxModel
+    path = onnx_export(tmp_path)
+    graph = onnx.load(str(path))
+    for entry in graph.metadata_props:
+        config = json.loads(entry.value)
+        if isinstance(config, dict) and "size_multiple" in config:
+            entry.value = json.dumps({key: value for key, value in config.items() if key != "size_multiple"})
+    onnx.save(graph, str(path))
+    assert OnnxModel(path, "cpu").size_multiple == 8
+
+
 def test_onnx_tiles_are_clamped_to_unit_range(tmp_path):
     from utils.inference import OnnxModel
     member = OnnxModel(onnx_export(tmp_path, Affine()), "cpu")
