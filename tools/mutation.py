@@ -161,6 +161,64 @@ EQUIVALENT = {
         "persistent=None is falsy: the zone weights stay out of the state dict",
     "losses.bright_color.xǁBrightHistogramLossǁforward__mutmut_9":
         "weights (N, H, 1, W) instead of (N, 1, H, W): soft_histogram flattens them per image in the same order",
+    "utils.inference.x__apply_edit_at_full_size__mutmut_28":
+        "cv2.resize's default interpolation (and the one None selects) is INTER_LINEAR",
+    "utils.inference.x__apply_edit_at_full_size__mutmut_31":
+        "cv2.resize's default interpolation (and the one None selects) is INTER_LINEAR",
+    "utils.inference.x__apply_edit_at_full_size__mutmut_4":
+        "shape[+2:] of the 4-D (1, 3, h, w) output is shape[-2:]",
+    "utils.inference.x_add_inference_args__mutmut_1":
+        "the checkpoint mode is only compared with 'none' and 'required': any other default acts as 'optional'",
+    "utils.inference.x_add_inference_args__mutmut_2":
+        "the checkpoint mode is only compared with 'none' and 'required': any other default acts as 'optional'",
+    "utils.inference.x_add_inference_args__mutmut_60":
+        "default=None dropped: argparse's default is None",
+    "utils.inference.x_add_inference_args__mutmut_84":
+        "default=None dropped: argparse's default is None",
+    "utils.inference.x_add_inference_args__mutmut_114":
+        "default=None dropped: argparse's default is None",
+    "utils.inference.x_add_inference_args__mutmut_125":
+        "default=None dropped: argparse's default is None",
+    "utils.inference.x_enhancer_from_args__mutmut_39":
+        "getattr default None instead of False: both are falsy",
+    "utils.inference.x_file_sha256__mutmut_13":
+        "another read size (or the whole file at once): the same digest",
+    "utils.inference.x_file_sha256__mutmut_15":
+        "another read size (or the whole file at once): the same digest",
+    "utils.inference.x_file_sha256__mutmut_16":
+        "another read size (or the whole file at once): the same digest",
+    "utils.inference.x_freeze__mutmut_5":
+        "the replacement train() ignores its mode argument",
+    "utils.inference.x_load_backbone__mutmut_115":
+        "getattr without a default: every Restormer-family model that passes the class check has inp_channels",
+    "utils.inference.x_load_backbone__mutmut_44":
+        "module paths are lower case: 'Restormer' matches only in the class name, which both variants keep",
+    "utils.inference.x_load_backbone__mutmut_49":
+        "module paths are lower case: 'Restormer' matches only in the class name, which both variants keep",
+    "utils.inference.x_load_backbone__mutmut_84":
+        "strict=True dropped: it is load_pretrained's default",
+    "utils.inference.xǁNetworkModelǁfrom_checkpoint__mutmut_13":
+        "strict=True dropped: it is load_pretrained's default",
+    "utils.inference.xǁNetworkModelǁfrom_checkpoint__mutmut_14":
+        "prefer_ema=True dropped: it is load_pretrained's default",
+    "utils.inference.x_load_member__mutmut_10":
+        "OnnxModel.from_file ignores amp and sampling: the graph is fp32 and samples nothing",
+    "utils.inference.x_load_member__mutmut_12":
+        "OnnxModel.from_file ignores amp and sampling: the graph is fp32 and samples nothing",
+    "utils.inference.x_load_member__mutmut_17":
+        "OnnxModel.from_file ignores amp and sampling: the graph is fp32 and samples nothing",
+    "utils.inference.x_official_restormer_kwargs__mutmut_42":
+        "project_in has 2 x hidden rows, so / 2 is exact, and hidden is only compared and divided",
+    "utils.inference.xǁNetworkModelǁ__init____mutmut_41":
+        "lcm(8, 2) == lcm(8, 1): no model without size_multiple tiles otherwise",
+    "utils.inference.xǁNetworkModelǁdepth__mutmut_2":
+        "the tag only tells depth entries apart in photo_cache, which holds nothing else",
+    "utils.inference.xǁNetworkModelǁdepth__mutmut_3":
+        "the tag only tells depth entries apart in photo_cache, which holds nothing else",
+    "utils.inference.xǁTilingǁ__init____mutmut_11":
+        "tiles 1-7 are refused just before (not a multiple of 8): > 1 and > 0 agree",
+    "utils.inference.xǁTilingǁ__init____mutmut_16":
+        "the tile is a multiple of 8 here, so tile / 2 == tile // 2",
 }
 # Keyword arguments whose text argparse only prints (in --help and usage lines), and the calls whose
 # positional arguments are such text: a mutant that changes or drops only these changes no behaviour.
