@@ -2,6 +2,7 @@ import json
 import math
 import os
 import random
+import re
 import warnings
 from types import SimpleNamespace
 
@@ -15,7 +16,8 @@ from safetensors.torch import save_file
 from utils.checkpoint import (EXPORT_FORMAT, CheckpointError, _read_error, build_model, extract_state_dict,
                               load_checkpoint, load_exported, load_pretrained, load_pretrained_expanding,
                               load_pretrained_restormer, model_spec, read_export_config, read_sharded_weights,
-                              refused_globals, rename_legacy_keys, rng_state, save_checkpoint, set_rng_state)
+                              refused_globals, rename_legacy_keys, rng_state, save_checkpoint, set_rng_state,
+                              unwrap_model)
 from models.padding import pad_to_multiple
 from utils.tiling import _blend_ramp, tiled_forward
 from utils.training import (EMA, LossTracker, NonFiniteLossError, TrainingState, TrainStep, amp_dtype, autocast,
@@ -582,6 +584,40 @@ def test_a_sharded_checkpoint_reads_back_as_full_model_weights(tmp_path):
     assert load_checkpoint(tmp_path / "last.pt", assemble_shards=False)["model"] is None
     with pytest.raises(CheckpointError, match=r"^sharded checkpoint folder not found or incomplete: .*missing$"):
         read_sharded_weights(tmp_path / "missing")
+
+
+def test_a_sharded_checkpoint_that_carries_its_model_is_not_reassembled(tmp_path):
+    weights = TinyNet().state_dict()
+    torch.save({"step": 3, "sharded": "no_such_folder", "model": weights}, tmp_path / "last.pt")
+    checkpoint = load_checkpoint(tmp_path / "last.pt")  # reading the shards would fail: the folder is absent
+    assert all(torch.equal(checkpoint["model"][k], v) for k, v in weights.items())
+
+
+def test_a_truncated_safetensors_file_gives_one_line_naming_it(tmp_path):
+    save_file(TinyNet().state_dict(), tmp_path / "model.safetensors")
+    data = (tmp_path / "model.safetensors").read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=rf"^cannot read checkpoint {re.escape(str(tmp_path / 'cut.safetensors'))}: "
+                                              r"SafetensorError: [^\n]+$"):
+        load_checkpoint(tmp_path / "cut.safetensors")
+    assert load_checkpoint(tmp_path / "model.safetensors").keys() == TinyNet().state_dict().keys()
+
+
+def test_unwrap_model_sees_through_torch_compile_and_data_parallel():
+    model = TinyNet()
+    assert unwrap_model(torch.compile(model)) is model  # compiles nothing until called
+    assert unwrap_model(torch.compile(nn.DataParallel(model))) is model
+    assert unwrap_model(nn.DataParallel(torch.compile(model))) is model
+
+
+def test_expanding_pretrained_weights_says_from_how_many_channels_to_how_many(tmp_path, capsys):
+    from models.restormer import Restormer
+    kwargs = dict(dim=8, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1, heads=[1, 1, 1, 1])
+    torch.save({"params": Restormer(inp_channels=4, **kwargs).state_dict()}, tmp_path / "four.pth")
+    load_pretrained_expanding(Restormer(inp_channels=6, **kwargs), tmp_path / "four.pth")
+    assert capsys.readouterr().out.splitlines()[0] == (
+        f"pretrained {tmp_path / 'four.pth'}: patch_embed.proj.weight expanded from 4 to 6 input channels "
+        "(zeros for the extra ones)")
 
 
 def test_sharded_weights_read_back_in_their_saved_dtype_without_warnings(tmp_path):

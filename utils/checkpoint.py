@@ -221,14 +221,8 @@ def read_sharded_weights(folder) -> dict:
 def _read_checkpoint_file(path: Path, map_location, trust) -> dict:
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-        try:
-            return load_file(path, device=str(map_location))
-        except (SafetensorError, OSError) as error:
-            raise _read_error(path, error) from error
     try:
+        # torch.load hands a .safetensors file to safetensors.torch.load_file itself
         with torch.serialization.safe_globals(NUMPY_ARRAY_GLOBALS):
             return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
