@@ -161,6 +161,13 @@ EQUIVALENT = {
         "persistent=None is falsy: the zone weights stay out of the state dict",
     "losses.bright_color.xǁBrightHistogramLossǁforward__mutmut_9":
         "weights (N, H, 1, W) instead of (N, 1, H, W): soft_histogram flattens them per image in the same order",
+    "utils.checkpoint.x_refused_globals__mutmut_4": "names = None instead of []: both are falsy, the only test",
+    "utils.checkpoint.x_rename_legacy_keys__mutmut_4": "getattr default None instead of (): both are falsy, the only test",
+    "utils.checkpoint.x_read_sharded_weights__mutmut_26":
+        "the filter ignores every warning of dcp.load, not one: it gives no other in one process",
+    **{f"utils.checkpoint.x_read_sharded_weights__mutmut_{n}":
+       "no_dist None / False / dropped: without a process group dcp.load falls back to one process (its warning "
+       "is the one filtered)" for n in (33, 36, 38)},
     "utils.inference.x__apply_edit_at_full_size__mutmut_28":
         "cv2.resize's default interpolation (and the one None selects) is INTER_LINEAR",
     "utils.inference.x__apply_edit_at_full_size__mutmut_31":
