@@ -3,6 +3,7 @@ import math
 import os
 import random
 import re
+import sys
 import warnings
 from types import SimpleNamespace
 
@@ -618,6 +619,45 @@ def test_expanding_pretrained_weights_says_from_how_many_channels_to_how_many(tm
     assert capsys.readouterr().out.splitlines()[0] == (
         f"pretrained {tmp_path / 'four.pth'}: patch_embed.proj.weight expanded from 4 to 6 input channels "
         "(zeros for the extra ones)")
+
+
+def pickle_of_two_classes(tmp_path, monkeypatch):
+    """A checkpoint whose pickle names two classes of a module ``two_classes`` importable from tmp_path."""
+    (tmp_path / "two_classes.py").write_text("class First:\n    pass\n\n\nclass Second:\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "two_classes", raising=False)
+    import two_classes
+    path = tmp_path / "objects.pt"
+    torch.save({"first": two_classes.First(), "second": two_classes.Second()}, path)
+    return path
+
+
+def test_a_refused_file_is_named_with_every_class_it_holds_and_how_to_convert_it(tmp_path, monkeypatch):
+    path = pickle_of_two_classes(tmp_path, monkeypatch)
+    with pytest.raises(CheckpointError, match=re.escape(
+            f"refused to load {path}: it names two_classes.First, two_classes.Second, not plain weights data "
+            f"(unpickling it could run code); if you trust the file, pass --trust-checkpoint (or set "
+            f"REHDR_TRUST_CHECKPOINTS=1), or convert it once: python tools/convert_checkpoint.py {path} "
+            f"{tmp_path / 'objects.safetensors'}") + "$"):
+        load_checkpoint(path, trust=False)
+
+
+def test_a_trusted_file_loads_in_full_with_a_warning_on_stderr(tmp_path, monkeypatch, capsys):
+    path = pickle_of_two_classes(tmp_path, monkeypatch)
+    loaded = load_checkpoint(path, trust=True)
+    assert type(loaded["first"]).__name__ == "First" and type(loaded["second"]).__name__ == "Second"
+    out, err = capsys.readouterr()
+    assert out == "" and err == (f"warning: {path} holds two_classes.First, two_classes.Second: unpickled in full "
+                                 "because checkpoints are trusted (--trust-checkpoint / REHDR_TRUST_CHECKPOINTS=1)\n")
+
+
+def test_a_trusted_file_that_cannot_be_unpickled_gives_one_line_naming_it(tmp_path, monkeypatch):
+    path = pickle_of_two_classes(tmp_path, monkeypatch)
+    (tmp_path / "two_classes.py").unlink()
+    monkeypatch.delitem(sys.modules, "two_classes")
+    with pytest.raises(CheckpointError, match=re.escape(
+            f"cannot read checkpoint {path}: ModuleNotFoundError: No module named 'two_classes'") + "$"):
+        load_checkpoint(path, trust=True)
 
 
 def test_sharded_weights_read_back_in_their_saved_dtype_without_warnings(tmp_path):
