@@ -168,6 +168,46 @@ EQUIVALENT = {
     **{f"utils.checkpoint.x_read_sharded_weights__mutmut_{n}":
        "no_dist None / False / dropped: without a process group dcp.load falls back to one process (its warning "
        "is the one filtered)" for n in (33, 36, 38)},
+    'models.windows.x__region_ids__mutmut_4':
+        'region 1 becomes 0: a window holds region 0 alone, or 1 and 2, so the ids still differ where they meet',
+    'models.windows.x__region_ids__mutmut_8':
+        'region id 3 instead of 2: still distinct from 0 and 1',
+    'models.windows.x_shifted_window_mask__mutmut_16':
+        'rows*3 - cols still gives each (row, col) region pair its own id',
+    'models.windows.x_shifted_window_mask__mutmut_17':
+        'rows/3 + cols still gives each (row, col) region pair its own id',
+    'models.windows.x_shifted_window_mask__mutmut_18':
+        'rows*4 + cols still gives each (row, col) region pair its own id',
+    'models.windows.xǁUpsampleǁ__init____mutmut_31':
+        'layers = instead of +=: the list is empty at that point',
+    'models.ss2d.xǁSS2Dǁforward_core__mutmut_106':
+        '2:5 on an axis of size 4 is 2:4',
+    'models.ss2d.xǁSS2Dǁforward_core__mutmut_39':
+        'einsum reads upper-case subscripts like lower-case ones',
+    'models.ss2d.xǁSS2Dǁforward_core__mutmut_55':
+        'einsum reads upper-case subscripts like lower-case ones',
+    'models.scan.x__associative_scan__mutmut_3':
+        'the extra pass at step == length has an empty tail: it changes nothing',
+    'models.scan.x__shift_combine__mutmut_9':
+        "only the head's decays shift, and those are never read (discarded)",
+    'models.scan.x_selective_scan_naive__mutmut_55':
+        'a (dim, N) zero state broadcasts to (batch, dim, N) on the first step',
+    'models.scan.x_selective_scan_torch__mutmut_48':
+        'broadcasting prepends the missing leading 1 of A',
+    'models.scan.x_selective_scan_naive__mutmut_7':
+        'autocast enabled inside: no op in there is one autocast changes (elementwise, cumprod, sums of float32 tensors)',
+    'models.scan.x_selective_scan_naive__mutmut_8':
+        'autocast enabled inside: no op in there is one autocast changes (elementwise, cumprod, sums of float32 tensors)',
+    'models.scan.x_selective_scan_torch__mutmut_28':
+        'autocast enabled inside: no op in there is one autocast changes (elementwise, cumprod, sums of float32 tensors)',
+    'models.scan.x_selective_scan_torch__mutmut_29':
+        'autocast enabled inside: no op in there is one autocast changes (elementwise, cumprod, sums of float32 tensors)',
+    'models.scan.xǁ_RecomputedSegmentǁbackward__mutmut_16':
+        'allow_unused None / False / dropped: every input that requires grad reaches y',
+    'models.scan.xǁ_RecomputedSegmentǁbackward__mutmut_20':
+        'allow_unused None / False / dropped: every input that requires grad reaches y',
+    'models.scan.xǁ_RecomputedSegmentǁbackward__mutmut_21':
+        'allow_unused None / False / dropped: every input that requires grad reaches y',
     "utils.inference.x__apply_edit_at_full_size__mutmut_28":
         "cv2.resize's default interpolation (and the one None selects) is INTER_LINEAR",
     "utils.inference.x__apply_edit_at_full_size__mutmut_31":
