@@ -208,6 +208,7 @@ EQUIVALENT = {
         'allow_unused None / False / dropped: every input that requires grad reaches y',
     'models.scan.xǁ_RecomputedSegmentǁbackward__mutmut_21':
         'allow_unused None / False / dropped: every input that requires grad reaches y',
+    "utils.checkpoint.x_read_sharded_weights__mutmut_30": "warning filters match their message case-insensitively",
     "utils.inference.x__apply_edit_at_full_size__mutmut_28":
         "cv2.resize's default interpolation (and the one None selects) is INTER_LINEAR",
     "utils.inference.x__apply_edit_at_full_size__mutmut_31":
