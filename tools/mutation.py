@@ -161,108 +161,97 @@ EQUIVALENT = {
         "persistent=None is falsy: the zone weights stay out of the state dict",
     "losses.bright_color.xǁBrightHistogramLossǁforward__mutmut_9":
         "weights (N, H, 1, W) instead of (N, 1, H, W): soft_histogram flattens them per image in the same order",
-    "utils.checkpoint.x_refused_globals__mutmut_4": "names = None instead of []: both are falsy, the only test",
-    "utils.checkpoint.x_rename_legacy_keys__mutmut_4": "getattr default None instead of (): both are falsy, the only test",
+    "utils.checkpoint.x_refused_globals__mutmut_4":
+        "names = None instead of []: both are falsy, the only test",
+    "utils.checkpoint.x_rename_legacy_keys__mutmut_4":
+        "getattr default None instead of (): both are falsy, the only test",
     "utils.checkpoint.x_read_sharded_weights__mutmut_26":
         "the filter ignores every warning of dcp.load, not one: it gives no other in one process",
     **{f"utils.checkpoint.x_read_sharded_weights__mutmut_{n}":
-       "no_dist None / False / dropped: without a process group dcp.load falls back to one process (its warning "
-       "is the one filtered)" for n in (33, 36, 38)},
-    'models.windows.x__region_ids__mutmut_4':
-        'region 1 becomes 0: a window holds region 0 alone, or 1 and 2, so the ids still differ where they meet',
-    'models.windows.x__region_ids__mutmut_8':
-        'region id 3 instead of 2: still distinct from 0 and 1',
-    'models.windows.x_shifted_window_mask__mutmut_16':
-        'rows*3 - cols still gives each (row, col) region pair its own id',
-    'models.windows.x_shifted_window_mask__mutmut_17':
-        'rows/3 + cols still gives each (row, col) region pair its own id',
-    'models.windows.x_shifted_window_mask__mutmut_18':
-        'rows*4 + cols still gives each (row, col) region pair its own id',
-    'models.windows.xǁUpsampleǁ__init____mutmut_31':
-        'layers = instead of +=: the list is empty at that point',
-    'models.ss2d.xǁSS2Dǁforward_core__mutmut_106':
-        '2:5 on an axis of size 4 is 2:4',
-    'models.ss2d.xǁSS2Dǁforward_core__mutmut_39':
-        'einsum reads upper-case subscripts like lower-case ones',
-    'models.ss2d.xǁSS2Dǁforward_core__mutmut_55':
-        'einsum reads upper-case subscripts like lower-case ones',
-    'models.scan.x__associative_scan__mutmut_3':
-        'the extra pass at step == length has an empty tail: it changes nothing',
-    'models.scan.x__shift_combine__mutmut_9':
+       "no_dist None / False / dropped: without a process group dcp.load falls back to one process "
+       "(its warning is the one filtered)"
+       for n in (33, 36, 38)},
+    "models.windows.x__region_ids__mutmut_4":
+        "region 1 becomes 0: a window holds region 0 alone, or 1 and 2, so the ids still differ where"
+        " they meet",
+    "models.windows.x__region_ids__mutmut_8":
+        "region id 3 instead of 2: still distinct from 0 and 1",
+    "models.windows.x_shifted_window_mask__mutmut_16":
+        "rows*3 - cols still gives each (row, col) region pair its own id",
+    "models.windows.x_shifted_window_mask__mutmut_17":
+        "rows/3 + cols still gives each (row, col) region pair its own id",
+    "models.windows.x_shifted_window_mask__mutmut_18":
+        "rows*4 + cols still gives each (row, col) region pair its own id",
+    "models.windows.xǁUpsampleǁ__init____mutmut_31":
+        "layers = instead of +=: the list is empty at that point",
+    "models.ss2d.xǁSS2Dǁforward_core__mutmut_106":
+        "2:5 on an axis of size 4 is 2:4",
+    **{f"models.ss2d.xǁSS2Dǁforward_core__mutmut_{n}":
+       "einsum reads upper-case subscripts like lower-case ones"
+       for n in (39, 55)},
+    "models.scan.x__associative_scan__mutmut_3":
+        "the extra pass at step == length has an empty tail: it changes nothing",
+    "models.scan.x__shift_combine__mutmut_9":
         "only the head's decays shift, and those are never read (discarded)",
-    'models.scan.x_selective_scan_naive__mutmut_55':
-        'a (dim, N) zero state broadcasts to (batch, dim, N) on the first step',
-    'models.scan.x_selective_scan_torch__mutmut_48':
-        'broadcasting prepends the missing leading 1 of A',
-    'models.scan.x_selective_scan_naive__mutmut_7':
-        'autocast enabled inside: no op in there is one autocast changes (elementwise, cumprod, sums of float32 tensors)',
-    'models.scan.x_selective_scan_naive__mutmut_8':
-        'autocast enabled inside: no op in there is one autocast changes (elementwise, cumprod, sums of float32 tensors)',
-    'models.scan.x_selective_scan_torch__mutmut_28':
-        'autocast enabled inside: no op in there is one autocast changes (elementwise, cumprod, sums of float32 tensors)',
-    'models.scan.x_selective_scan_torch__mutmut_29':
-        'autocast enabled inside: no op in there is one autocast changes (elementwise, cumprod, sums of float32 tensors)',
-    'models.scan.xǁ_RecomputedSegmentǁbackward__mutmut_16':
-        'allow_unused None / False / dropped: every input that requires grad reaches y',
-    'models.scan.xǁ_RecomputedSegmentǁbackward__mutmut_20':
-        'allow_unused None / False / dropped: every input that requires grad reaches y',
-    'models.scan.xǁ_RecomputedSegmentǁbackward__mutmut_21':
-        'allow_unused None / False / dropped: every input that requires grad reaches y',
-    "utils.checkpoint.x_read_sharded_weights__mutmut_30": "warning filters match their message case-insensitively",
-    "utils.inference.x__apply_edit_at_full_size__mutmut_28":
-        "cv2.resize's default interpolation (and the one None selects) is INTER_LINEAR",
-    "utils.inference.x__apply_edit_at_full_size__mutmut_31":
-        "cv2.resize's default interpolation (and the one None selects) is INTER_LINEAR",
+    "models.scan.x_selective_scan_naive__mutmut_55":
+        "a (dim, N) zero state broadcasts to (batch, dim, N) on the first step",
+    "models.scan.x_selective_scan_torch__mutmut_48":
+        "broadcasting prepends the missing leading 1 of A",
+    **{f"models.scan.x_selective_scan_naive__mutmut_{n}":
+       "autocast enabled inside: no op in there is one autocast changes (elementwise, cumprod, sums "
+       "of float32 tensors)"
+       for n in (7, 8)},
+    **{f"models.scan.x_selective_scan_torch__mutmut_{n}":
+       "autocast enabled inside: no op in there is one autocast changes (elementwise, cumprod, sums "
+       "of float32 tensors)"
+       for n in (28, 29)},
+    **{f"models.scan.xǁ_RecomputedSegmentǁbackward__mutmut_{n}":
+       "allow_unused None / False / dropped: every input that requires grad reaches y"
+       for n in (16, 20, 21)},
+    "utils.checkpoint.x_read_sharded_weights__mutmut_30":
+        "warning filters match their message case-insensitively",
+    **{f"utils.inference.x__apply_edit_at_full_size__mutmut_{n}":
+       "cv2.resize's default interpolation (and the one None selects) is INTER_LINEAR"
+       for n in (28, 31)},
     "utils.inference.x__apply_edit_at_full_size__mutmut_4":
         "shape[+2:] of the 4-D (1, 3, h, w) output is shape[-2:]",
-    "utils.inference.x_add_inference_args__mutmut_1":
-        "the checkpoint mode is only compared with 'none' and 'required': any other default acts as 'optional'",
-    "utils.inference.x_add_inference_args__mutmut_2":
-        "the checkpoint mode is only compared with 'none' and 'required': any other default acts as 'optional'",
-    "utils.inference.x_add_inference_args__mutmut_60":
-        "default=None dropped: argparse's default is None",
-    "utils.inference.x_add_inference_args__mutmut_84":
-        "default=None dropped: argparse's default is None",
-    "utils.inference.x_add_inference_args__mutmut_114":
-        "default=None dropped: argparse's default is None",
-    "utils.inference.x_add_inference_args__mutmut_125":
-        "default=None dropped: argparse's default is None",
+    **{f"utils.inference.x_add_inference_args__mutmut_{n}":
+       "the checkpoint mode is only compared with 'none' and 'required': any other default acts as "
+       "'optional'"
+       for n in (1, 2)},
+    **{f"utils.inference.x_add_inference_args__mutmut_{n}":
+       "default=None dropped: argparse's default is None"
+       for n in (60, 84, 114, 125)},
     "utils.inference.x_enhancer_from_args__mutmut_39":
         "getattr default None instead of False: both are falsy",
-    "utils.inference.x_file_sha256__mutmut_13":
-        "another read size (or the whole file at once): the same digest",
-    "utils.inference.x_file_sha256__mutmut_15":
-        "another read size (or the whole file at once): the same digest",
-    "utils.inference.x_file_sha256__mutmut_16":
-        "another read size (or the whole file at once): the same digest",
+    **{f"utils.inference.x_file_sha256__mutmut_{n}":
+       "another read size (or the whole file at once): the same digest"
+       for n in (13, 15, 16)},
     "utils.inference.x_freeze__mutmut_5":
         "the replacement train() ignores its mode argument",
     "utils.inference.x_load_backbone__mutmut_115":
-        "getattr without a default: every Restormer-family model that passes the class check has inp_channels",
-    "utils.inference.x_load_backbone__mutmut_44":
-        "module paths are lower case: 'Restormer' matches only in the class name, which both variants keep",
-    "utils.inference.x_load_backbone__mutmut_49":
-        "module paths are lower case: 'Restormer' matches only in the class name, which both variants keep",
+        "getattr without a default: every Restormer-family model that passes the class check has "
+        "inp_channels",
+    **{f"utils.inference.x_load_backbone__mutmut_{n}":
+       "module paths are lower case: 'Restormer' matches only in the class name, which both variants "
+       "keep"
+       for n in (44, 49)},
     "utils.inference.x_load_backbone__mutmut_84":
         "strict=True dropped: it is load_pretrained's default",
     "utils.inference.xǁNetworkModelǁfrom_checkpoint__mutmut_13":
         "strict=True dropped: it is load_pretrained's default",
     "utils.inference.xǁNetworkModelǁfrom_checkpoint__mutmut_14":
         "prefer_ema=True dropped: it is load_pretrained's default",
-    "utils.inference.x_load_member__mutmut_10":
-        "OnnxModel.from_file ignores amp and sampling: the graph is fp32 and samples nothing",
-    "utils.inference.x_load_member__mutmut_12":
-        "OnnxModel.from_file ignores amp and sampling: the graph is fp32 and samples nothing",
-    "utils.inference.x_load_member__mutmut_17":
-        "OnnxModel.from_file ignores amp and sampling: the graph is fp32 and samples nothing",
+    **{f"utils.inference.x_load_member__mutmut_{n}":
+       "OnnxModel.from_file ignores amp and sampling: the graph is fp32 and samples nothing"
+       for n in (10, 12, 17)},
     "utils.inference.x_official_restormer_kwargs__mutmut_42":
         "project_in has 2 x hidden rows, so / 2 is exact, and hidden is only compared and divided",
     "utils.inference.xǁNetworkModelǁ__init____mutmut_41":
         "lcm(8, 2) == lcm(8, 1): no model without size_multiple tiles otherwise",
-    "utils.inference.xǁNetworkModelǁdepth__mutmut_2":
-        "the tag only tells depth entries apart in photo_cache, which holds nothing else",
-    "utils.inference.xǁNetworkModelǁdepth__mutmut_3":
-        "the tag only tells depth entries apart in photo_cache, which holds nothing else",
+    **{f"utils.inference.xǁNetworkModelǁdepth__mutmut_{n}":
+       "the tag only tells depth entries apart in photo_cache, which holds nothing else"
+       for n in (2, 3)},
     "utils.inference.xǁTilingǁ__init____mutmut_11":
         "tiles 1-7 are refused just before (not a multiple of 8): > 1 and > 0 agree",
     "utils.inference.xǁTilingǁ__init____mutmut_16":
@@ -303,12 +292,13 @@ def help_text_only(path: Path) -> set:
         return set()
     functions = {node.name: node for node in ast.walk(ast.parse(source.read_text()))
                  if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and "__mutmut_" in node.name}
+    originals = {name.removesuffix("__mutmut_orig"): _comparable(function)
+                 for name, function in functions.items() if name.endswith("__mutmut_orig")}
     module = ".".join(path.with_suffix("").parts)
     names = set()
     for name, function in functions.items():
         stem, _, number = name.rpartition("__mutmut_")
-        original = functions.get(f"{stem}__mutmut_orig")
-        if number != "orig" and original is not None and _comparable(function) == _comparable(original):
+        if number != "orig" and stem in originals and _comparable(function) == originals[stem]:
             names.add(f"{module}.{name}")
     return names
 
