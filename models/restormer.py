@@ -11,7 +11,7 @@ Additions over the official model (they change no parameter):
   first ``out_channels`` input channels;
 * the transformer blocks compute in (N, H, W, C) layout (the model's activations are channels_last):
   layer norm over contiguous channels, 1x1 convolutions as matmuls on the weight viewed as a matrix
-  with the residual added inside the matmul, depthwise 3x3 on channels_last memory, and the gated
+  with the residual added inside the matmul (oneDNN's matmul on CPU, :mod:`models.linear`), depthwise 3x3 on channels_last memory, and the gated
   FFN's halves widened with zero channels to multiples of 16 (vector-aligned rows);
 * ``attention='fused'`` (default) forms the logits from the Gram matrix of the unnormalised q, k
   divided by their norms, and folds ``project_out`` into the attention map, so the pixels meet one
@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from .linear import linear
 from .padding import pad_to_multiple
 
 ATTENTION_KINDS = ("fused", "matmul")
@@ -95,24 +96,10 @@ class LayerNorm(nn.Module):
         return self.body(x)
 
 
-def _pointwise(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
-    """A 1x1 ``conv`` applied to (N, H, W, C) ``x``: a matmul with its weight viewed as a matrix."""
-    return F.linear(x, conv.weight.view(conv.out_channels, conv.in_channels), conv.bias)
-
-
-def _linear_add(residual: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
-    """``residual + F.linear(x, weight, bias)`` on (N, H, W, C) tensors, the sum inside the matmul (addmm)."""
-    out = torch.addmm(residual.reshape(-1, weight.shape[0]), x.reshape(-1, weight.shape[1]), weight.t())
-    if bias is not None:
-        out = out + bias
-    return out.view(residual.shape)
-
-
-def _pointwise_add(residual: torch.Tensor | None, x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
-    """``residual + conv(x)`` for a 1x1 ``conv`` on (N, H, W, C) tensors (``conv(x)`` when no residual)."""
-    if residual is None:
-        return _pointwise(x, conv)
-    return _linear_add(residual, x, conv.weight.view(conv.out_channels, conv.in_channels), conv.bias)
+def _pointwise(x: torch.Tensor, conv: nn.Conv2d, residual: torch.Tensor | None = None) -> torch.Tensor:
+    """``residual + conv(x)`` (or ``conv(x)``) for a 1x1 ``conv`` on (N, H, W, C) tensors: a matmul with its
+    weight viewed as a matrix, the residual added inside it."""
+    return linear(x, conv.weight.view(conv.out_channels, conv.in_channels), conv.bias, residual)
 
 
 def _widen(tensor: torch.Tensor | None, width: int, rows: slice = slice(None)) -> torch.Tensor | None:
@@ -152,18 +139,18 @@ class FeedForward(nn.Module):
         if torch.onnx.is_in_onnx_export():
             # An ONNX convolution needs a constant kernel, not one sliced and padded per call: the plain widths.
             gate, value = _depthwise(_pointwise(x, self.project_in), self.dwconv).chunk(2, dim=-1)
-            return _pointwise_add(residual, F.gelu(gate) * value, self.project_out)
+            return _pointwise(F.gelu(gate) * value, self.project_out, residual)
         hidden = self.project_out.in_channels
         width = -(-hidden // CHANNEL_ALIGNMENT) * CHANNEL_ALIGNMENT
         weight_in = self.project_in.weight.view(2 * hidden, -1)
         halves = []
         for half in (slice(0, hidden), slice(hidden, 2 * hidden)):
-            projected = F.linear(x, _widen(weight_in[half], width), _widen(self.project_in.bias, width, half))
+            projected = linear(x, _widen(weight_in[half], width), _widen(self.project_in.bias, width, half))
             halves.append(F.conv2d(projected.permute(0, 3, 1, 2), _widen(self.dwconv.weight[half], width),
                                    _widen(self.dwconv.bias, width, half), padding=1, groups=width).permute(0, 2, 3, 1))
         gate, value = halves
         weight_out = F.pad(self.project_out.weight.view(-1, hidden), (0, width - hidden))
-        return _linear_add(residual, F.gelu(gate) * value, weight_out, self.project_out.bias)
+        return linear(F.gelu(gate) * value, weight_out, self.project_out.bias, residual)
 
 
 class Attention(nn.Module):
@@ -200,7 +187,7 @@ class Attention(nn.Module):
         query, key, value = (t.unflatten(-1, (heads, head_channels)).permute(0, 2, 3, 1) for t in (query, key, value))
         query, key = F.normalize(query, dim=-1), F.normalize(key, dim=-1)
         out = ((query @ key.transpose(-2, -1)) * self.temperature).softmax(dim=-1) @ value
-        return _pointwise_add(residual, out.permute(0, 3, 1, 2).reshape(x.shape), self.project_out)
+        return _pointwise(out.permute(0, 3, 1, 2).reshape(x.shape), self.project_out, residual)
 
     def _fused(self, qkv: torch.Tensor, residual: torch.Tensor | None, shape: torch.Size) -> torch.Tensor:
         """The attention and ``project_out`` from ``qkv`` (N, pixels, 3C) in two pixel-sized matmuls.

@@ -16,6 +16,21 @@ def test_flops_of_one_convolution_equal_the_hand_count():
     assert bench.count_flops(conv, torch.rand(2, 3, 16, 20)) == 2 * 8 * 3 * 3 * 3 * 16 * 20 * 2
 
 
+def test_cpu_peak_times_both_mkl_and_onednn_matmuls(monkeypatch):
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as profiler:
+        peak = bench.peak_matmul_flops(torch.device("cpu"), torch.float32, 64, repeats=2)
+    names = [event.name for event in profiler.events()]
+    # one untimed warm-up round and two timed ones, each kernel once per round
+    assert names.count("aten::mm") == 3 and names.count("mkldnn::_linear_pointwise") == 3
+    assert peak > 0
+    monkeypatch.setattr(torch.backends.mkldnn, "enabled", False)
+    with profile(activities=[ProfilerActivity.CPU]) as profiler:
+        bench.peak_matmul_flops(torch.device("cpu"), torch.float32, 64, repeats=2)
+    assert "mkldnn::_linear_pointwise" not in [event.name for event in profiler.events()]
+
+
 def test_quick_bench_writes_table_and_json_with_positive_figures(tmp_path):
     report = bench.main(["--quick", "--models", "restormer", "dat", "--json", str(tmp_path / "b.json"),
                          "--markdown", str(tmp_path / "b.md")])

@@ -1,7 +1,8 @@
 """The measurements behind each fast path (README "Speed"), interleaved A/B in one process.
 
     # the kernels: a 1x1 convolution as conv2d (NCHW) vs a matmul on (N, H, W, C) at aligned and unaligned
-    # widths, the depthwise 3x3 in NCHW vs channels_last, q/k norms by vector_norm vs a sum of squares
+    # widths, that matmul and its gradients through MKL (torch.mm) vs oneDNN (models/linear.py), the
+    # depthwise 3x3 in NCHW vs channels_last, q/k norms by vector_norm vs a sum of squares
     OMP_NUM_THREADS=2 python tools/bench_fastpath.py ops
     # one transformer block of an earlier models/restormer.py vs this one, per attention kind
     git show REV:models/restormer.py > /tmp/restormer_before.py
@@ -25,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench  # noqa: E402
 import models.restormer as restormer  # noqa: E402
+from models.linear import onednn_matmul  # noqa: E402
 
 
 def lower_quartile_ms(function, repeats=21):
@@ -47,6 +49,18 @@ def ops(args):
         conv = lower_quartile_ms(lambda: F.conv2d(x, weight))
         matmul = lower_quartile_ms(lambda: F.linear(nhwc, weight.view(outputs, inputs)))
         print(f"1x1 {inputs}->{outputs} at {side}²: conv2d NCHW {conv:.2f} ms, matmul NHWC {matmul:.2f} ms", flush=True)
+    # Restormer Base's pixel-sized 1x1 convolutions: qkv at levels 1 and 2, an FFN half in and out at level 1.
+    for inputs, outputs in ((48, 144), (96, 288), (96, 256), (256, 96)):
+        x, grad = torch.randn(side * side, inputs), torch.randn(side * side, outputs)
+        weight = torch.randn(outputs, inputs)
+        times = {
+            "forward": (lambda: x @ weight.t(), lambda: onednn_matmul(x, weight, None, None)),
+            "input gradient": (lambda: grad @ weight, lambda: onednn_matmul(grad, weight.t(), None, None)),
+            "weight gradient": (lambda: grad.t() @ x, lambda: onednn_matmul(grad.t(), x.t(), None, None)),
+        }
+        print(f"1x1 {inputs}->{outputs} at {side}² as a matmul: " + "; ".join(
+            f"{what} MKL {lower_quartile_ms(mkl):.2f} ms, oneDNN {lower_quartile_ms(onednn):.2f} ms"
+            for what, (mkl, onednn) in times.items()), flush=True)
     for channels in (144, 256, 288):
         x = torch.randn(1, channels, side, side)
         weight = torch.randn(channels, 1, 3, 3)
