@@ -11,7 +11,7 @@ Additions over the official model (they change no parameter):
   first ``out_channels`` input channels;
 * the transformer blocks compute in (N, H, W, C) layout (the model's activations are channels_last):
   layer norm over contiguous channels, 1x1 convolutions as matmuls on the weight viewed as a matrix
-  with the residual added inside the matmul (oneDNN's matmul on CPU, :mod:`models.linear`), depthwise 3x3 on channels_last memory, and the gated
+  with the residual added inside the matmul (oneDNN's matmul on CPU, :mod:`models.onednn`), depthwise 3x3 on channels_last memory, and the gated
   FFN's halves widened with zero channels to multiples of 16 (vector-aligned rows);
 * ``attention='fused'`` (default) forms the logits from the Gram matrix of the unnormalised q, k
   divided by their norms, and folds ``project_out`` into the attention map, so the pixels meet one
@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .linear import linear
+from .onednn import depthwise_gelu_gate, linear
 from .padding import pad_to_multiple
 
 ATTENTION_KINDS = ("fused", "matmul")
@@ -134,7 +134,8 @@ class FeedForward(nn.Module):
 
         The gate and value halves run as two contiguous tensors, each widened with zero channels to a
         multiple of ``CHANNEL_ALIGNMENT`` (Base: 127 -> 128); the zeros stay zero (gelu(0) * 0) and meet
-        zero columns of ``project_out``, so the result is unchanged.
+        zero columns of ``project_out``, so the result is unchanged. Without gradients, on CPU, gelu and the
+        product are fused into the depthwise convolutions (:func:`models.onednn.depthwise_gelu_gate`).
         """
         if torch.onnx.is_in_onnx_export():
             # An ONNX convolution needs a constant kernel, not one sliced and padded per call: the plain widths.
@@ -143,14 +144,16 @@ class FeedForward(nn.Module):
         hidden = self.project_out.in_channels
         width = -(-hidden // CHANNEL_ALIGNMENT) * CHANNEL_ALIGNMENT
         weight_in = self.project_in.weight.view(2 * hidden, -1)
-        halves = []
-        for half in (slice(0, hidden), slice(hidden, 2 * hidden)):
-            projected = linear(x, _widen(weight_in[half], width), _widen(self.project_in.bias, width, half))
-            halves.append(F.conv2d(projected.permute(0, 3, 1, 2), _widen(self.dwconv.weight[half], width),
-                                   _widen(self.dwconv.bias, width, half), padding=1, groups=width).permute(0, 2, 3, 1))
-        gate, value = halves
+        gate, value = (  # (N, C, H, W) views of contiguous (N, H, W, C) tensors: channels_last memory
+            linear(x, _widen(weight_in[half], width), _widen(self.project_in.bias, width, half)).permute(0, 3, 1, 2)
+            for half in (slice(0, hidden), slice(hidden, 2 * hidden))
+        )
+        dwconv = self.dwconv
+        gated = depthwise_gelu_gate(gate, value, _widen(dwconv.weight[:hidden], width),
+                                    _widen(dwconv.weight[hidden:], width), _widen(dwconv.bias, width, slice(0, hidden)),
+                                    _widen(dwconv.bias, width, slice(hidden, 2 * hidden)))
         weight_out = F.pad(self.project_out.weight.view(-1, hidden), (0, width - hidden))
-        return linear(F.gelu(gate) * value, weight_out, self.project_out.bias, residual)
+        return linear(gated.permute(0, 2, 3, 1), weight_out, self.project_out.bias, residual)
 
 
 class Attention(nn.Module):

@@ -15,13 +15,14 @@ MILLISECONDS = r"\d+\.\d+ ms"
 def test_ops_times_each_kernel_pair(capsys):
     bench_fastpath.main(["ops", "--size", "8"])
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 4 + 4 + 3 + 2
+    assert len(lines) == 4 + 4 + 3 + 2 + 2
     assert all(re.search(f"conv2d NCHW {MILLISECONDS}, matmul NHWC {MILLISECONDS}", line) for line in lines[:4])
     libraries = f"MKL {MILLISECONDS}, oneDNN {MILLISECONDS}"
     assert all(re.search(f"forward {libraries}; input gradient {libraries}; weight gradient {libraries}$", line)
                for line in lines[4:8])
     assert all(re.search(f"NCHW {MILLISECONDS}, channels_last {MILLISECONDS}", line) for line in lines[8:11])
-    assert all(re.search(f"vector_norm {MILLISECONDS}, sum of squares {MILLISECONDS}", line) for line in lines[11:])
+    assert all(re.search(f"plain ops {MILLISECONDS}, fused {MILLISECONDS}", line) for line in lines[11:13])
+    assert all(re.search(f"vector_norm {MILLISECONDS}, sum of squares {MILLISECONDS}", line) for line in lines[13:])
 
 
 def test_blocks_times_the_before_file_and_every_attention_kind_against_it(capsys):

@@ -45,7 +45,7 @@ from models.darkir import DarkIR  # noqa: E402
 from models.dat import DAT  # noqa: E402
 from models.gain import GainRestormer  # noqa: E402
 from models.hat import HAT  # noqa: E402
-from models.linear import onednn_matmul, uses_onednn  # noqa: E402
+from models.onednn import onednn_matmul, uses_onednn  # noqa: E402
 from models.mambair import MambaIR, MambaIRUNet  # noqa: E402
 from models.nafnet import NAFNet  # noqa: E402
 from models.refiner import ColorRefiner  # noqa: E402

@@ -1,8 +1,9 @@
 """The measurements behind each fast path (README "Speed"), interleaved A/B in one process.
 
     # the kernels: a 1x1 convolution as conv2d (NCHW) vs a matmul on (N, H, W, C) at aligned and unaligned
-    # widths, that matmul and its gradients through MKL (torch.mm) vs oneDNN (models/linear.py), the
-    # depthwise 3x3 in NCHW vs channels_last, q/k norms by vector_norm vs a sum of squares
+    # widths, that matmul and its gradients through MKL (torch.mm) vs oneDNN (models/onednn.py), the
+    # depthwise 3x3 in NCHW vs channels_last, the FFN's gelu gate plain vs fused into the depthwise
+    # convolutions, q/k norms by vector_norm vs a sum of squares
     OMP_NUM_THREADS=2 python tools/bench_fastpath.py ops
     # one transformer block of an earlier models/restormer.py vs this one, per attention kind
     git show REV:models/restormer.py > /tmp/restormer_before.py
@@ -26,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench  # noqa: E402
 import models.restormer as restormer  # noqa: E402
-from models.linear import onednn_matmul  # noqa: E402
+from models.onednn import depthwise_gelu_gate, onednn_matmul  # noqa: E402
 
 
 def lower_quartile_ms(function, repeats=21):
@@ -69,6 +70,14 @@ def ops(args):
         channels_last = lower_quartile_ms(lambda: F.conv2d(last, weight, padding=1, groups=channels))
         print(f"depthwise 3x3, {channels} channels at {side}²: NCHW {nchw:.2f} ms, channels_last {channels_last:.2f} ms",
               flush=True)
+    for channels in (128, 256):  # Restormer Base's FFN halves: encoder level 1; decoder level 1 and refinement
+        gate, value = (torch.randn(1, side, side, channels).permute(0, 3, 1, 2) for _ in range(2))
+        weights = [torch.randn(channels, 1, 3, 3) for _ in range(2)]
+        plain = lower_quartile_ms(lambda: F.gelu(F.conv2d(gate, weights[0], padding=1, groups=channels))
+                                  * F.conv2d(value, weights[1], padding=1, groups=channels))
+        fused = lower_quartile_ms(lambda: depthwise_gelu_gate(gate, value, *weights))
+        print(f"gelu(depthwise(gate)) * depthwise(value), {channels} channels at {side}²: plain ops {plain:.2f} ms, "
+              f"fused {fused:.2f} ms", flush=True)
     for channels in (48, 96):
         qk = torch.randn(1, side * side, 3 * channels)[..., : 2 * channels]
         norm = lower_quartile_ms(lambda: torch.linalg.vector_norm(qk, dim=1))

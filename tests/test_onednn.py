@@ -1,4 +1,5 @@
-"""models/linear.py: oneDNN's matmul with its hand-written backward equals F.linear, and runs exactly when it should."""
+"""models/onednn.py: oneDNN's matmul (with its hand-written backward) and fused gated depthwise convolutions equal
+the plain ops, and run exactly when they should."""
 
 import contextlib
 
@@ -7,17 +8,20 @@ import torch
 import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
-from models import linear as linear_module
-from models.linear import linear, uses_onednn
+from models import onednn
+from models.onednn import depthwise_gelu_gate, linear, uses_onednn
 from models.restormer import Restormer
 
-pytestmark = pytest.mark.skipif(not linear_module.ONEDNN_LINEAR, reason="this torch build has no oneDNN")
+pytestmark = pytest.mark.skipif(not onednn.ONEDNN, reason="this torch build has no oneDNN")
 
 
-def _onednn_calls(function):
+def _onednn_calls(function, op="mkldnn::_linear_pointwise"):
     with profile(activities=[ProfilerActivity.CPU]) as profiler:
         function()
-    return sum(event.name == "mkldnn::_linear_pointwise" for event in profiler.events())
+    return sum(event.name == op for event in profiler.events())
+
+
+FUSED_CONVOLUTION = "mkldnn::_convolution_pointwise"
 
 
 def _inputs(with_bias, with_residual, transposed_weight=False):
@@ -120,3 +124,69 @@ def test_restormer_trains_through_onednn_and_equals_the_plain_ops(monkeypatch):
     torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-5, atol=1e-5)
     for fast, plain in zip(results[0][2], results[1][2]):
         torch.testing.assert_close(fast, plain, rtol=1e-4, atol=1e-5)
+
+
+def _gate_inputs(with_bias, requires_grad=False):
+    torch.manual_seed(0)
+    gate, value = (torch.randn(2, 9, 11, 16).permute(0, 3, 1, 2).requires_grad_(requires_grad) for _ in range(2))
+    weights = [(torch.randn(16, 1, 3, 3) * 0.5).requires_grad_(requires_grad) for _ in range(2)]
+    biases = [torch.randn(16).requires_grad_(requires_grad) if with_bias else None for _ in range(2)]
+    return gate, value, *weights, *biases
+
+
+def _plain_gelu_gate(gate, value, gate_weight, value_weight, gate_bias, value_bias):
+    return (F.gelu(F.conv2d(gate, gate_weight, gate_bias, padding=1, groups=16))
+            * F.conv2d(value, value_weight, value_bias, padding=1, groups=16))
+
+
+@pytest.mark.parametrize("with_bias", [False, True])
+@pytest.mark.parametrize("mode", ["inference_mode", "no_grad", "frozen tensors"])
+def test_fused_gelu_gate_without_gradients_equals_the_plain_ops(with_bias, mode):
+    tensors = _gate_inputs(with_bias)
+    context = {"inference_mode": torch.inference_mode(), "no_grad": torch.no_grad(),
+               "frozen tensors": contextlib.nullcontext()}[mode]
+    with context:
+        # two fused convolutions: gelu after the gate's, the product after the value's
+        assert _onednn_calls(lambda: depthwise_gelu_gate(*tensors), FUSED_CONVOLUTION) == 2
+        out = depthwise_gelu_gate(*tensors)
+        expected = _plain_gelu_gate(*tensors)
+    assert out.shape == (2, 16, 9, 11) and out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_gelu_gate_with_gradients_runs_the_plain_ops_and_their_backward(with_bias):
+    tensors = _gate_inputs(with_bias, requires_grad=True)
+    assert _onednn_calls(lambda: depthwise_gelu_gate(*tensors), FUSED_CONVOLUTION) == 0
+    results = []
+    for function in (depthwise_gelu_gate, _plain_gelu_gate):
+        for tensor in tensors:
+            if tensor is not None:
+                tensor.grad = None
+        out = function(*tensors)
+        (out * torch.linspace(-1, 1, out.numel()).view(out.shape)).sum().backward()
+        results.append([out.detach()] + [t.grad.clone() for t in tensors if t is not None])
+    for fast, reference in zip(*results):
+        torch.testing.assert_close(fast, reference, rtol=0, atol=0)
+
+
+def test_gelu_gate_falls_back_to_the_plain_ops_with_onednn_disabled(monkeypatch):
+    tensors = _gate_inputs(True)
+    monkeypatch.setattr(torch.backends.mkldnn, "enabled", False)
+    with torch.inference_mode():
+        assert _onednn_calls(lambda: depthwise_gelu_gate(*tensors), FUSED_CONVOLUTION) == 0
+        torch.testing.assert_close(depthwise_gelu_gate(*tensors), _plain_gelu_gate(*tensors))
+
+
+def test_restormer_inference_fuses_every_ffn_and_equals_the_plain_ops(monkeypatch):
+    torch.manual_seed(0)
+    model = Restormer.tiny(bias=True).eval()
+    x = torch.rand(1, 3, 16, 16)
+    blocks = sum(1 for module in model.modules() if type(module).__name__ == "TransformerBlock")
+    with torch.inference_mode():
+        assert _onednn_calls(lambda: model(x), FUSED_CONVOLUTION) == 2 * blocks
+        fused = model(x)
+        monkeypatch.setattr(torch.backends.mkldnn, "enabled", False)
+        assert _onednn_calls(lambda: model(x), FUSED_CONVOLUTION) == 0
+        plain = model(x)
+    torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-5)
