@@ -11,8 +11,10 @@ Additions over the official model (they change no parameter):
   first ``out_channels`` input channels;
 * the transformer blocks compute in (N, H, W, C) layout (the model's activations are channels_last):
   layer norm over contiguous channels, 1x1 convolutions as matmuls on the weight viewed as a matrix
-  with the residual added inside the matmul (oneDNN's matmul on CPU, :mod:`models.onednn`), depthwise 3x3 on channels_last memory, and the gated
-  FFN's halves widened with zero channels to multiples of 16 (vector-aligned rows);
+  with the residual added inside the matmul, depthwise 3x3 on channels_last memory, and the gated
+  FFN's halves widened with zero channels to multiples of 16 (vector-aligned rows); on CPU the matmuls
+  are oneDNN's and, without gradients, gelu and the gate product run fused into the FFN's depthwise
+  convolutions (:mod:`models.onednn`);
 * ``attention='fused'`` (default) forms the logits from the Gram matrix of the unnormalised q, k
   divided by their norms, and folds ``project_out`` into the attention map, so the pixels meet one
   C x C matrix; ``'matmul'`` spells the attention out as the official code does; both give the same

@@ -45,9 +45,9 @@ from models.darkir import DarkIR  # noqa: E402
 from models.dat import DAT  # noqa: E402
 from models.gain import GainRestormer  # noqa: E402
 from models.hat import HAT  # noqa: E402
-from models.onednn import onednn_matmul, uses_onednn  # noqa: E402
 from models.mambair import MambaIR, MambaIRUNet  # noqa: E402
 from models.nafnet import NAFNet  # noqa: E402
+from models.onednn import onednn_matmul, uses_onednn  # noqa: E402
 from models.refiner import ColorRefiner  # noqa: E402
 from models.restormer import Restormer  # noqa: E402
 from models.retinexformer import RetinexFormer  # noqa: E402
@@ -101,7 +101,7 @@ def peak_matmul_flops(device, dtype, size, repeats=3):
     """FLOP/s of the fastest of ``repeats`` square matmuls of ``size`` in ``dtype``: the machine's peak here.
 
     On CPU each repeat times both torch's matmul (MKL) and oneDNN's, which the models' 1x1 convolutions use
-    there (models/linear.py), and the faster counts.
+    there (models/onednn.py), and the faster counts.
     """
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
