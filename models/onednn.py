@@ -82,7 +82,7 @@ def linear(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, residual: torch.Tensor | None = None
 ) -> torch.Tensor:
     """``F.linear(x, weight, bias)`` over the last axis of ``x``, plus ``residual`` (of the output's shape) if given."""
-    if uses_onednn(x, weight):
+    if uses_onednn(x, weight, *(t for t in (bias, residual) if t is not None)):
         return _OneDNNLinear.apply(x, weight, bias, residual)
     if residual is None:
         return F.linear(x, weight, bias)
