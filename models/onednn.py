@@ -13,8 +13,8 @@
   no gradient is wanted, each depthwise convolution runs with the next elementwise step fused into it
   (``torch.ops.mkldnn._convolution_pointwise``: gelu after the first, the product with it after the
   second), two passes over the pixels fewer: 1.1-3.5x for these three steps (``tools/bench_fastpath.py
-  ops``), 1.08x for Restormer Base's forward at 256² (one thread). Training keeps the plain ops: their backward needs the
-  convolutions' outputs, which the fused kernel never writes.
+  ops``), 1.08x for Restormer Base's forward at 256² (one thread). Training keeps the plain ops: their
+  backward needs the convolutions' outputs, which the fused kernel never writes.
 
 Both apply to eager CPU float32 code only; everywhere else -- CUDA, other dtypes, autocast,
 ``torch.compile``, ONNX export, a torch without oneDNN, or ``torch.backends.mkldnn.enabled = False`` --
@@ -72,9 +72,11 @@ class _OneDNNLinear(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         needs_x, needs_weight, needs_bias, needs_residual = ctx.needs_input_grad
         grad_x = onednn_matmul(grad, weight.t(), None, None) if needs_x else None
-        rows = grad.reshape(-1, grad.shape[-1])
-        grad_weight = rows.t() @ x.reshape(-1, x.shape[-1]) if needs_weight else None
-        grad_bias = rows.sum(0) if needs_bias else None
+        grad_weight = grad_bias = None
+        if needs_weight or needs_bias:  # (a non-contiguous grad is copied to rows only then)
+            rows = grad.reshape(-1, grad.shape[-1])
+            grad_weight = rows.t() @ x.reshape(-1, x.shape[-1]) if needs_weight else None
+            grad_bias = rows.sum(0) if needs_bias else None
         return grad_x, grad_weight, grad_bias, grad if needs_residual else None
 
 

@@ -146,14 +146,13 @@ class FeedForward(nn.Module):
         hidden = self.project_out.in_channels
         width = -(-hidden // CHANNEL_ALIGNMENT) * CHANNEL_ALIGNMENT
         weight_in = self.project_in.weight.view(2 * hidden, -1)
+        halves = (slice(0, hidden), slice(hidden, 2 * hidden))
         gate, value = (  # (N, C, H, W) views of contiguous (N, H, W, C) tensors: channels_last memory
             linear(x, _widen(weight_in[half], width), _widen(self.project_in.bias, width, half)).permute(0, 3, 1, 2)
-            for half in (slice(0, hidden), slice(hidden, 2 * hidden))
+            for half in halves
         )
-        dwconv = self.dwconv
-        gated = depthwise_gelu_gate(gate, value, _widen(dwconv.weight[:hidden], width),
-                                    _widen(dwconv.weight[hidden:], width), _widen(dwconv.bias, width, slice(0, hidden)),
-                                    _widen(dwconv.bias, width, slice(hidden, 2 * hidden)))
+        gated = depthwise_gelu_gate(gate, value, *(_widen(self.dwconv.weight[half], width) for half in halves),
+                                    *(_widen(self.dwconv.bias, width, half) for half in halves))
         weight_out = F.pad(self.project_out.weight.view(-1, hidden), (0, width - hidden))
         return linear(gated.permute(0, 2, 3, 1), weight_out, self.project_out.bias, residual)
 
